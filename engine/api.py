@@ -1,0 +1,137 @@
+"""The Python API for scripts: load a workflow, override values, run it, read the results.
+
+    from engine.api import Session
+    s = Session()
+    g = s.load("resources/workflows/default.json")
+    s.set(g, "prompt.text", "a yellow star on a blue background")
+    result = s.run(g, output_dir="out")
+    print(result.files)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.cache import ResultCache
+from engine.errors import LoomError, Problem, ValidationError
+from engine.executor import Event, Executor, RunResult
+from engine.graph import Graph
+from engine.paths import PROJECT_ROOT
+from engine.registry import Registry, default_registry
+from engine.workflow import dumps, load_workflow, save_workflow
+
+DEFAULT_WORKFLOW = PROJECT_ROOT / "resources" / "workflows" / "default.json"
+
+
+class OverrideError(ValidationError):
+    """A `--set ID.INPUT=VALUE` that names a missing node/input or a value of the wrong type."""
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    node_id, sep, input_name = target.partition(".")
+    if not sep or not node_id or not input_name:
+        raise OverrideError([Problem("bad_override",
+                                     f"'{target}' must be written NODE_ID.INPUT (e.g. prompt.text)")])
+    return node_id, input_name
+
+
+def set_value(graph: Graph, registry: Registry, target: str, value: Any,
+              parse: bool = False) -> None:
+    """Set `node.input` to `value` (parsed from text by the input's declared type if `parse`)."""
+    node_id, input_name = _split_target(target)
+    node = graph.nodes.get(node_id)
+    if node is None:
+        raise OverrideError([Problem("bad_override", f"no node with id '{node_id}' "
+                                     f"(nodes: {', '.join(sorted(graph.nodes))})",
+                                     node_id, None, input_name)])
+    spec = registry.get(node.type)
+    if spec is None:
+        raise OverrideError([Problem("unknown_node_type", f"unknown node type '{node.type}'",
+                                     node_id, node.type, input_name)])
+    inp = spec.inputs.get(input_name)
+    if inp is None:
+        names = ", ".join(spec.inputs)
+        raise OverrideError([Problem("bad_override", f"has no input '{input_name}' "
+                                     f"(inputs: {names})", node_id, node.type, input_name)])
+    if inp.connection_only:
+        raise OverrideError([Problem("bad_override", f"takes a connection ({inp.type}), "
+                                     "not a value", node_id, node.type, input_name)])
+    if parse:
+        try:
+            value = inp.parse(str(value))
+        except ValueError as exc:
+            raise OverrideError([Problem("bad_override", f"cannot read {value!r} as {inp.type}: "
+                                         f"{exc}", node_id, node.type, input_name)]) from None
+    why = inp.check(value)
+    if why is not None:
+        raise OverrideError([Problem("bad_override", why, node_id, node.type, input_name)])
+    graph.disconnect(node_id, input_name)
+    graph.set_value(node_id, input_name, value)
+
+
+def apply_overrides(graph: Graph, registry: Registry, overrides: Iterable[str]) -> None:
+    """Apply command-line style overrides "ID.INPUT=VALUE"; every bad one is reported at once."""
+    problems: list[Problem] = []
+    for item in overrides:
+        target, sep, text = item.partition("=")
+        if not sep:
+            problems.append(Problem("bad_override", f"'{item}' must be ID.INPUT=VALUE"))
+            continue
+        try:
+            set_value(graph, registry, target.strip(), text, parse=True)
+        except OverrideError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise OverrideError(problems)
+
+
+class Session:
+    """A registry, a result cache and an executor: what a script or the CLI needs to run."""
+
+    def __init__(self, registry: Registry | None = None, cache_budget: int | None = None):
+        self.registry = registry or default_registry()
+        self.cache = ResultCache() if cache_budget is None else ResultCache(cache_budget)
+        self.executor = Executor(self.registry, self.cache)
+
+    def load(self, path: str | os.PathLike = DEFAULT_WORKFLOW, check: bool = True) -> Graph:
+        graph = load_workflow(path, self.registry, check)
+        graph.ui.setdefault("_source", str(Path(path).resolve()))
+        return graph
+
+    def save(self, graph: Graph, path: str | os.PathLike) -> None:
+        save_workflow(graph, path)
+
+    def set(self, graph: Graph, target: str, value: Any) -> None:
+        set_value(graph, self.registry, target, value)
+
+    def run(self, graph: Graph, outputs: Iterable[str] | None = None,
+            output_dir: str | os.PathLike = "out", device: str = "auto",
+            on_event: Callable[[Event], None] | None = None,
+            options: dict[str, Any] | None = None) -> RunResult:
+        return self.executor.run(graph, outputs, self.options(graph, output_dir, device, options),
+                                 on_event)
+
+    def options(self, graph: Graph, output_dir: str | os.PathLike = "out", device: str = "auto",
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        source = graph.ui.get("_source")
+        opts: dict[str, Any] = {
+            "device": device,
+            "output_dir": str(Path(output_dir).resolve()),
+            "base_dir": str(Path(source).parent) if source else os.getcwd(),
+            "workflow_json": dumps(_without_private_ui(graph)),
+        }
+        opts.update(extra or {})
+        return opts
+
+
+def _without_private_ui(graph: Graph) -> Graph:
+    g = graph.copy()
+    g.ui = {k: v for k, v in g.ui.items() if not k.startswith("_")}
+    return g
+
+
+__all__ = ["Session", "OverrideError", "apply_overrides", "set_value", "DEFAULT_WORKFLOW",
+           "LoomError"]

@@ -1,0 +1,127 @@
+"""The result cache: content-addressed entries under a memory budget.
+
+A key is computed from what determines a node's result (type, version, constants, upstream keys),
+never from node ids, so results survive edits and are shared between workflows. When the total
+size passes the budget, the entries that are cheapest to lose go first: lowest recompute time per
+byte, least recently used among equals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BUDGET = 4 * 1024**3
+
+
+def sizeof(value: Any, _depth: int = 0) -> int:
+    """Approximate bytes held by a value, without importing torch (duck-typed)."""
+    if _depth > 6:
+        return 0
+    custom = getattr(value, "__loom_cache_size__", None)
+    if callable(custom):
+        return int(custom())
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):
+        try:
+            return int(value.element_size() * value.nelement())
+        except Exception:
+            return 0
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, dict):
+        return sys.getsizeof(value) + sum(sizeof(v, _depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sys.getsizeof(value) + sum(sizeof(v, _depth + 1) for v in value)
+    try:
+        return sys.getsizeof(value)
+    except TypeError:
+        return 64
+
+
+def make_key(parts: Any) -> str:
+    """A stable hash of JSON-able parts."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    outputs: dict[str, Any]
+    ui: dict[str, Any]
+    size: int
+    compute_s: float
+    last_used: float = field(default_factory=time.monotonic)
+
+    def value_per_byte(self) -> float:
+        return self.compute_s / max(self.size, 1)
+
+
+class ResultCache:
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET):
+        self.budget_bytes = budget_bytes
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.RLock()
+        self.total_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            entry.last_used = time.monotonic()
+            return entry
+
+    def put(self, key: str, outputs: dict[str, Any], ui: dict[str, Any], compute_s: float) -> None:
+        size = sizeof(outputs) + sizeof(ui)
+        with self._lock:
+            if key in self._entries:
+                self.total_bytes -= self._entries[key].size
+            if size > self.budget_bytes:
+                self._entries.pop(key, None)
+                return
+            self._entries[key] = Entry(outputs, ui, size, compute_s)
+            self.total_bytes += size
+            self._evict()
+
+    def _evict(self) -> None:
+        if self.total_bytes <= self.budget_bytes:
+            return
+        order = sorted(self._entries.items(),
+                       key=lambda kv: (kv[1].value_per_byte(), kv[1].last_used))
+        for key, entry in order:
+            if self.total_bytes <= self.budget_bytes:
+                break
+            del self._entries[key]
+            self.total_bytes -= entry.size
+            self.evictions += 1
+
+    def set_budget(self, budget_bytes: int) -> None:
+        with self._lock:
+            self.budget_bytes = budget_bytes
+            self._evict()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.total_bytes = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._entries), "bytes": self.total_bytes, "hits": self.hits,
+                "misses": self.misses, "evictions": self.evictions}

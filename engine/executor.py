@@ -1,0 +1,346 @@
+"""The executor: validates, orders and runs what the requested outputs need, with caching.
+
+Runs happen one at a time on a worker thread, so a GUI stays responsive: `submit()` returns a
+handle (cancel, wait, or await it); `run()` is the blocking form. Events are delivered to the
+`on_event` callback from the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.cache import ResultCache, make_key
+from engine.errors import Cancelled, LoomError, NodeError, NodeInputError
+from engine.graph import Graph
+from engine.node import NodeSpec, RunContext
+from engine.paths import file_identity, resolve_path
+from engine.registry import Registry
+from engine.validate import validate
+
+KEYED_OPTIONS = ("device", "output_dir")
+"""Run options that change what nodes produce, and so are part of every cache key."""
+
+QUEUED, RUNNING, CACHED, DONE, ERROR, SKIPPED, CANCELLED = (
+    "queued", "running", "cached", "done", "error", "skipped", "cancelled")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    run_id: int
+    node_id: str
+    status: str
+    elapsed: float = 0.0
+    error: NodeError | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    run_id: int
+    node_id: str
+    step: int
+    total: int
+    preview: Any = None
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: int
+    result: RunResult
+
+
+Event = NodeStatus | Progress | RunStarted | RunFinished
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    status: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, NodeError] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ui: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.cancelled
+
+    @property
+    def ran(self) -> list[str]:
+        return [n for n, s in self.status.items() if s == DONE]
+
+    @property
+    def cached(self) -> list[str]:
+        return [n for n, s in self.status.items() if s == CACHED]
+
+    @property
+    def files(self) -> list[str]:
+        return [f for ui in self.ui.values() for f in ui.get("files", [])]
+
+    def output(self, node_id: str, name: str | None = None) -> Any:
+        values = self.outputs[node_id]
+        return values[name] if name is not None else next(iter(values.values()))
+
+
+class RunHandle:
+    """A submitted run: cancel it, wait for it, or await it."""
+
+    def __init__(self, run_id: int, future: concurrent.futures.Future, cancel: threading.Event):
+        self.run_id = run_id
+        self.future = future
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        return self.future.result(timeout)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future).__await__()
+
+
+class Executor:
+    def __init__(self, registry: Registry, cache: ResultCache | None = None):
+        self.registry = registry
+        self.cache = cache if cache is not None else ResultCache()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loom-run")
+        self._ids = itertools.count(1)
+
+    # public API -----------------------------------------------------------------------------
+    def submit(
+        self,
+        graph: Graph,
+        outputs: Iterable[str] | None = None,
+        options: dict[str, Any] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> RunHandle:
+        """Validate now (raises ValidationError), then run on the worker thread."""
+        snapshot = graph.copy()
+        targets = self._targets(snapshot, outputs)
+        needed = self._ancestors(snapshot, targets)
+        validate(snapshot, self.registry, only=needed)
+        cancel = threading.Event()
+        run_id = next(self._ids)
+        future = self._pool.submit(self._run, run_id, snapshot, targets, needed,
+                                   dict(options or {}), on_event, cancel)
+        return RunHandle(run_id, future, cancel)
+
+    def run(self, graph: Graph, outputs: Iterable[str] | None = None,
+            options: dict[str, Any] | None = None,
+            on_event: Callable[[Event], None] | None = None) -> RunResult:
+        """Blocking run (on the worker thread, waiting for it)."""
+        return self.submit(graph, outputs, options, on_event).result()
+
+    async def run_async(self, graph: Graph, outputs: Iterable[str] | None = None,
+                        options: dict[str, Any] | None = None,
+                        on_event: Callable[[Event], None] | None = None) -> RunResult:
+        return await self.submit(graph, outputs, options, on_event)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # planning --------------------------------------------------------------------------------
+    def _targets(self, graph: Graph, outputs: Iterable[str] | None) -> list[str]:
+        if outputs is not None:
+            targets = list(outputs)
+            for t in targets:
+                graph.node(t)
+            return targets
+        targets = []
+        for n in graph.nodes.values():
+            spec = self.registry.get(n.type)
+            if spec is not None and spec.output_node:
+                targets.append(n.id)
+        if not targets:
+            raise LoomError("the graph has no output node (Save Image, Preview Image, ...) to run")
+        return sorted(targets)
+
+    @staticmethod
+    def _ancestors(graph: Graph, targets: list[str]) -> set[str]:
+        needed: set[str] = set()
+        stack = list(targets)
+        while stack:
+            nid = stack.pop()
+            if nid in needed or nid not in graph.nodes:
+                continue
+            needed.add(nid)
+            stack.extend(l.node for l in graph.inputs_of(nid).values())
+        return needed
+
+    @staticmethod
+    def _topological(graph: Graph, needed: set[str]) -> list[str]:
+        indeg = {n: 0 for n in needed}
+        succ: dict[str, list[str]] = {n: [] for n in needed}
+        for (dst, _), link in graph.links.items():
+            if dst in needed and link.node in needed:
+                indeg[dst] += 1
+                succ[link.node].append(dst)
+        ready = sorted(n for n, d in indeg.items() if d == 0)
+        order: list[str] = []
+        while ready:
+            nid = ready.pop(0)
+            order.append(nid)
+            for nxt in sorted(succ[nid]):
+                indeg[nxt] -= 1
+                if indeg[nxt] == 0:
+                    ready.append(nxt)
+        return order
+
+    def _key(self, graph: Graph, nid: str, spec: NodeSpec, keys: dict[str, str],
+             options: dict[str, Any]) -> str:
+        node = graph.nodes[nid]
+        inputs: dict[str, Any] = {}
+        for name, inp in spec.inputs.items():
+            link = graph.link(nid, name)
+            if link is not None:
+                inputs[name] = ["link", keys[link.node], link.output]
+                continue
+            value = node.values.get(name, inp.default if inp.has_default else None)
+            inputs[name] = ["value", value]
+            if inp.path and isinstance(value, str) and value:
+                inputs[name].append(file_identity(resolve_path(value, options)))
+        parts = {"type": spec.type_id, "version": spec.version, "inputs": inputs,
+                 "options": {k: options.get(k) for k in KEYED_OPTIONS}}
+        if not spec.deterministic:
+            parts["nonce"] = uuid.uuid4().hex
+        return make_key(parts)
+
+    # running ---------------------------------------------------------------------------------
+    def _run(self, run_id: int, graph: Graph, targets: list[str], needed: set[str],
+             options: dict[str, Any], on_event: Callable[[Event], None] | None,
+             cancel: threading.Event) -> RunResult:
+        t_start = time.perf_counter()
+        emit = on_event or (lambda e: None)
+        order = self._topological(graph, needed)
+        result = RunResult(run_id)
+        specs = {nid: self.registry.get(graph.nodes[nid].type) for nid in order}
+        for nid in order:
+            result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options)
+
+        # Walk back from the targets: a cached node needs none of its inputs computed.
+        entries: dict[str, Any] = {}
+        to_run: set[str] = set()
+        stack = list(targets)
+        while stack:
+            nid = stack.pop()
+            if nid in entries or nid in to_run:
+                continue
+            entry = self.cache.get(result.keys[nid])
+            if entry is not None:
+                entries[nid] = entry
+            else:
+                to_run.add(nid)
+                stack.extend(l.node for l in graph.inputs_of(nid).values())
+
+        emit(RunStarted(run_id, tuple(order)))
+        for nid in order:
+            if nid in to_run:
+                result.status[nid] = QUEUED
+                emit(NodeStatus(run_id, nid, QUEUED))
+        for nid in order:
+            if nid in entries:
+                result.status[nid] = CACHED
+                result.outputs[nid] = entries[nid].outputs
+                if entries[nid].ui:
+                    result.ui[nid] = entries[nid].ui
+                emit(NodeStatus(run_id, nid, CACHED))
+            elif nid not in to_run:
+                result.status[nid] = CACHED  # not needed: everything downstream was cached
+                emit(NodeStatus(run_id, nid, CACHED, reason="not needed"))
+
+        for nid in order:
+            if nid not in to_run:
+                continue
+            spec = specs[nid]
+            if cancel.is_set():
+                result.cancelled = True
+                result.status[nid] = CANCELLED
+                emit(NodeStatus(run_id, nid, CANCELLED))
+                continue
+            bad = [l.node for l in graph.inputs_of(nid).values()
+                   if result.status.get(l.node) not in (DONE, CACHED)]
+            if bad:
+                result.status[nid] = SKIPPED
+                reason = f"input from '{bad[0]}' is not available"
+                emit(NodeStatus(run_id, nid, SKIPPED, reason=reason))
+                continue
+            self._run_node(run_id, graph, nid, spec, options, result, emit, cancel)
+        result.elapsed = time.perf_counter() - t_start
+        emit(RunFinished(run_id, result))
+        return result
+
+    def _run_node(self, run_id: int, graph: Graph, nid: str, spec: NodeSpec,
+                  options: dict[str, Any], result: RunResult,
+                  emit: Callable[[Event], None], cancel: threading.Event) -> None:
+        node = graph.nodes[nid]
+        result.status[nid] = RUNNING
+        emit(NodeStatus(run_id, nid, RUNNING))
+        t0 = time.perf_counter()
+
+        def progress(step: int, total: int, preview: Any = None) -> None:
+            emit(Progress(run_id, nid, step, total, preview))
+
+        ctx = RunContext(nid, spec.type_id, options, progress, cancel.is_set)
+        try:
+            instance = spec.cls()
+            for name, inp in spec.inputs.items():
+                link = graph.link(nid, name)
+                if link is not None:
+                    value = result.outputs[link.node][link.output]
+                else:
+                    value = node.values.get(name, inp.default if inp.has_default else None)
+                setattr(instance, name, value)
+            outputs = spec.normalise_result(instance.run(ctx))
+        except Cancelled:
+            elapsed = time.perf_counter() - t0
+            result.cancelled = True
+            result.status[nid] = CANCELLED
+            result.timings[nid] = elapsed
+            emit(NodeStatus(run_id, nid, CANCELLED, elapsed))
+            return
+        except Exception as exc:  # noqa: BLE001 - a node may fail in any way; isolate it
+            elapsed = time.perf_counter() - t0
+            message = str(exc) or type(exc).__name__
+            if not isinstance(exc, (LoomError,)):
+                message = f"{type(exc).__name__}: {message}"
+            err = NodeError(nid, spec.type_id, message, traceback.format_exc(),
+                            exc.input if isinstance(exc, NodeInputError) else None)
+            result.errors[nid] = err
+            result.status[nid] = ERROR
+            result.timings[nid] = elapsed
+            emit(NodeStatus(run_id, nid, ERROR, elapsed, err))
+            return
+        elapsed = time.perf_counter() - t0
+        result.outputs[nid] = outputs
+        if ctx.ui:
+            result.ui[nid] = ctx.ui
+        result.timings[nid] = elapsed
+        result.status[nid] = DONE
+        self.cache.put(result.keys[nid], outputs, ctx.ui, elapsed)
+        emit(NodeStatus(run_id, nid, DONE, elapsed))

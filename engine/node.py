@@ -1,0 +1,314 @@
+"""The node API: declare a node type once, with typed inputs and outputs and a `run(ctx)` method.
+
+    @node("sampling.cfg_combine", title="CFG Combine", category="sampling", version="1.0.0",
+          outputs=[Output("denoiser", "DENOISER")])
+    class CFGCombine:
+        '''Push the prediction from the unconditional towards the conditional one.'''
+        denoiser = Input("DENOISER")
+        scale = Input(FLOAT, default=7.0, min=0.0, max=30.0, description="guidance scale")
+
+        def run(self, ctx: RunContext):
+            return make_guided(self.denoiser, self.scale)
+
+The executor makes a fresh instance per run and sets every input as an attribute, so a node
+keeps no hidden state between runs. `run` returns a dict keyed by output name, a tuple in output
+order, or the bare value when there is exactly one output. Everything the editor and the CLI know
+about a node type comes from this metadata (`NodeSpec`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.types import BOOLEAN, FLOAT, INT, PRIMITIVES, STRING
+
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def parse_semver(version: str) -> tuple[int, int, int]:
+    m = _SEMVER.match(version or "")
+    if not m:
+        raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {version!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+@dataclass
+class Input:
+    """A declared input. Constants are set in the node; `connection_only` inputs must be wired."""
+
+    type: str
+    default: Any = REQUIRED
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+    multiline: bool = False
+    optional: bool = False
+    connection_only: bool = False
+    widget: str | None = None
+    """Editor hint: "slider", "seed", "file", "folder", "image", "mask"; None picks by type."""
+    file_filter: str | None = None
+    path: bool = False
+    """The value is a file or folder path: its content identity is folded into the cache key."""
+    description: str = ""
+    label: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            self.choices = tuple(self.choices)
+        if self.type not in PRIMITIVES and self.default is REQUIRED and not self.optional:
+            self.connection_only = True
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED and not self.optional
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not REQUIRED
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is not acceptable as a constant for this input, or None if it is."""
+        if value is None:
+            return None if self.optional else "a value is required"
+        t = self.type
+        if t == INT:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"expected an integer, got {_describe(value)}"
+        elif t == FLOAT:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"expected a number, got {_describe(value)}"
+            if not math.isfinite(value):
+                return f"expected a finite number, got {value!r}"
+        elif t == STRING:
+            if not isinstance(value, str):
+                return f"expected text, got {_describe(value)}"
+        elif t == BOOLEAN:
+            if not isinstance(value, bool):
+                return f"expected true or false, got {_describe(value)}"
+        else:
+            return f"inputs of type {t} can only be connected, not set to a constant"
+        if self.choices is not None and value not in self.choices:
+            shown = ", ".join(repr(c) for c in self.choices)
+            return f"{value!r} is not one of the choices: {shown}"
+        if self.min is not None and value < self.min:
+            return f"{value!r} is below the minimum {self.min!r}"
+        if self.max is not None and value > self.max:
+            return f"{value!r} is above the maximum {self.max!r}"
+        return None
+
+    def parse(self, text: str) -> Any:
+        """Parse a command-line string by this input's declared type (ValueError if it can't)."""
+        t = self.type
+        if t == INT:
+            return int(text.strip(), 0)
+        if t == FLOAT:
+            value = float(text.strip())
+            return value
+        if t == BOOLEAN:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {text!r}")
+        if t == STRING:
+            return text
+        raise ValueError(f"inputs of type {t} can only be connected, not set on the command line")
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.has_default:
+            d["default"] = self.default
+        for key in ("min", "max", "step", "widget", "file_filter", "label"):
+            v = getattr(self, key)
+            if v is not None:
+                d[key] = v
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        for key in ("multiline", "optional", "connection_only", "path"):
+            if getattr(self, key):
+                d[key] = True
+        if self.description:
+            d["description"] = self.description
+        return d
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    type: str
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"name": self.name, "type": self.type}
+        if self.description:
+            d["description"] = self.description
+        return d
+
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class NodeSpec:
+    """Everything known about a node type, read by the engine, the editor and the CLI."""
+
+    type_id: str
+    cls: type
+    title: str
+    category: str
+    version: str
+    description: str
+    inputs: dict[str, Input]
+    outputs: list[Output]
+    output_node: bool = False
+    deterministic: bool = True
+    migrations: dict[str, tuple[str, Migration]] = field(default_factory=dict)
+    """from-version -> (to-version, function rewriting the node's inputs dict)."""
+
+    def output(self, name: str) -> Output | None:
+        return next((o for o in self.outputs if o.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type_id,
+            "title": self.title,
+            "category": self.category,
+            "version": self.version,
+            "description": self.description,
+            "inputs": [i.to_json() for i in self.inputs.values()],
+            "outputs": [o.to_json() for o in self.outputs],
+            "output_node": self.output_node,
+            "deterministic": self.deterministic,
+        }
+
+    def normalise_result(self, result: Any) -> dict[str, Any]:
+        names = [o.name for o in self.outputs]
+        if not names:
+            return {}
+        if isinstance(result, dict) and set(result) == set(names):
+            return dict(result)
+        if len(names) == 1:
+            return {names[0]: result}
+        if isinstance(result, tuple) and len(result) == len(names):
+            return dict(zip(names, result, strict=True))
+        raise TypeError(
+            f"run() of {self.type_id} must return a dict with keys {names} or a tuple of "
+            f"{len(names)} values, got {type(result).__name__}"
+        )
+
+
+def node(
+    type_id: str,
+    *,
+    title: str,
+    category: str,
+    version: str,
+    outputs: list[Output] | tuple[Output, ...] = (),
+    output_node: bool = False,
+    deterministic: bool = True,
+    description: str | None = None,
+    migrations: dict[str, tuple[str, Migration]] | None = None,
+) -> Callable[[type], type]:
+    """Class decorator declaring a node type; the registry picks it up when it imports the module."""
+    if not _TYPE_ID.match(type_id):
+        raise ValueError(f"node type id must look like 'family.name', got {type_id!r}")
+    parse_semver(version)
+
+    def wrap(cls: type) -> type:
+        inputs: dict[str, Input] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Input):
+                    value.name = name
+                    inputs[name] = value
+        names = [o.name for o in outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{type_id}: duplicate output names {names}")
+        if not callable(getattr(cls, "run", None)):
+            raise TypeError(f"{type_id}: a node class needs a run(self, ctx) method")
+        doc = description if description is not None else (cls.__doc__ or "").strip()
+        cls.__loom_spec__ = NodeSpec(
+            type_id=type_id,
+            cls=cls,
+            title=title,
+            category=category,
+            version=version,
+            description=doc,
+            inputs=inputs,
+            outputs=list(outputs),
+            output_node=output_node,
+            deterministic=deterministic,
+            migrations=dict(migrations or {}),
+        )
+        return cls
+
+    return wrap
+
+
+def spec_of(cls: type) -> NodeSpec:
+    spec = getattr(cls, "__loom_spec__", None)
+    if spec is None:
+        raise TypeError(f"{cls!r} is not a node class (missing @node)")
+    return spec
+
+
+class RunContext:
+    """What a running node may use: its identity, the run options, progress and cancellation."""
+
+    def __init__(
+        self,
+        node_id: str,
+        node_type: str,
+        options: dict[str, Any],
+        progress: Callable[[int, int, Any], None],
+        is_cancelled: Callable[[], bool],
+    ):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.options = options
+        self._progress = progress
+        self._is_cancelled = is_cancelled
+        self.ui: dict[str, Any] = {}
+
+    @property
+    def device(self) -> str:
+        return str(self.options.get("device", "auto"))
+
+    @property
+    def cancelled(self) -> bool:
+        return self._is_cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise `Cancelled` if the user asked to stop; long nodes call this between steps."""
+        from engine.errors import Cancelled
+
+        if self._is_cancelled():
+            raise Cancelled()
+
+    def progress(self, step: int, total: int, preview: Any = None) -> None:
+        """Report step `step` of `total`, optionally with a preview image (numpy HxWx3 uint8)."""
+        self._progress(step, total, preview)
+
+    def set_ui(self, **values: Any) -> None:
+        """Results meant for the user (written files, images to show); cached with the outputs."""
+        self.ui.update(values)

@@ -1,0 +1,310 @@
+"""Workflow files: one JSON document per graph, readable and diff-able.
+
+    {"schema_version": 1,
+     "nodes": {"prompt": {"type": "conditioning.text_encode", "version": "1.0.0",
+                          "inputs": {"text": "a red circle",
+                                     "clip": {"node": "checkpoint", "output": "clip"}},
+                          "ui": {"pos": [120, 80]}}},
+     "ui": {"viewport": {...}, "groups": [...]}}
+
+Constants are stored by input name, links as {"node", "output"} references. The `ui` sections
+are carried, never read by the engine. Loading migrates older schema versions and node versions
+through explicit functions, then validates. Anything malformed raises `WorkflowError` naming the
+file and the place; nothing in a file is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import WorkflowError
+from engine.graph import Graph, GraphError
+from engine.node import parse_semver
+from engine.registry import Registry
+from engine.validate import validate
+
+SCHEMA_VERSION = 1
+MAX_FILE_BYTES = 64 * 1024 * 1024
+PNG_KEY = "workflow"
+
+# schema migrations: version N -> N+1, each a function of the whole document ------------------
+
+
+def _migrate_0_to_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema 0 (Loom's pre-release format): nodes as a list with "id" and "pos", links as a
+    separate list of [src, output, dst, input]."""
+    nodes_in = doc.get("nodes")
+    if not isinstance(nodes_in, list):
+        raise WorkflowError("schema 0 expects 'nodes' to be a list", where="nodes")
+    nodes: dict[str, Any] = {}
+    for i, n in enumerate(nodes_in):
+        if not isinstance(n, dict) or not isinstance(n.get("id"), str):
+            raise WorkflowError("each node needs a string 'id'", where=f"nodes[{i}]")
+        entry = {"type": n.get("type"), "inputs": dict(n.get("inputs") or {}), "ui": {}}
+        if "version" in n:
+            entry["version"] = n["version"]
+        if "pos" in n:
+            entry["ui"]["pos"] = n["pos"]
+        nodes[n["id"]] = entry
+    for i, link in enumerate(doc.get("links") or []):
+        if not (isinstance(link, list) and len(link) == 4 and all(isinstance(x, str) for x in link)):
+            raise WorkflowError("a link must be [src, output, dst, input]", where=f"links[{i}]")
+        src, out, dst, inp = link
+        if dst not in nodes:
+            raise WorkflowError(f"link into unknown node '{dst}'", where=f"links[{i}]")
+        if not isinstance(nodes[dst]["inputs"], dict):
+            raise WorkflowError("inputs must be an object", where=f"nodes.{dst}.inputs")
+        nodes[dst]["inputs"][inp] = {"node": src, "output": out}
+    return {"schema_version": 1, "nodes": nodes, "ui": doc.get("ui") or {}}
+
+
+SCHEMA_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _migrate_0_to_1}
+
+
+# reading ----------------------------------------------------------------------------------------
+
+
+def read_document(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON document of a workflow file (.json, or a .png with an embedded workflow)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise WorkflowError(f"file is too large ({size} bytes)", str(p))
+        data = p.read_bytes()
+    except OSError as exc:
+        raise WorkflowError(f"cannot read file: {exc.strerror or exc}", str(p)) from None
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        text = png_text_chunks(data, str(p)).get(PNG_KEY)
+        if text is None:
+            raise WorkflowError("this PNG carries no Loom workflow", str(p))
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise WorkflowError(f"not UTF-8 text (byte {exc.start})", str(p)) from None
+    return parse_document(text, str(p))
+
+
+def parse_document(text: str, source: str | None = None) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"invalid JSON: {exc.msg}", source,
+                            f"line {exc.lineno}, column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:
+        raise WorkflowError(f"invalid JSON: {type(exc).__name__}", source) from None
+    if not isinstance(doc, dict):
+        raise WorkflowError("a workflow must be a JSON object", source)
+    return doc
+
+
+def png_text_chunks(data: bytes, source: str | None = None) -> dict[str, str]:
+    """tEXt / zTXt / iTXt chunks of a PNG, parsed by hand (no image library needed)."""
+    out: dict[str, str] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        ctype = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) != length:
+            raise WorkflowError("truncated PNG chunk", source)
+        pos += 12 + length
+        try:
+            if ctype == b"tEXt":
+                key, _, value = body.partition(b"\0")
+                out[key.decode("latin-1")] = value.decode("latin-1")
+            elif ctype == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                out[key.decode("latin-1")] = _inflate(rest[1:]).decode("latin-1")
+            elif ctype == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                compressed, _method = rest[0], rest[1]
+                _lang, _, rest = rest[2:].partition(b"\0")
+                _tkey, _, value = rest.partition(b"\0")
+                out[key.decode("latin-1")] = (_inflate(value) if compressed else value).decode()
+            elif ctype == b"IEND":
+                break
+        except (UnicodeDecodeError, IndexError, zlib.error) as exc:
+            raise WorkflowError(f"unreadable PNG text chunk: {exc}", source) from None
+    return out
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(data, MAX_FILE_BYTES)
+    if d.unconsumed_tail:
+        raise zlib.error("text chunk too large")
+    return out
+
+
+def migrate_document(doc: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    version = doc.get("schema_version", doc.get("version"))
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise WorkflowError("missing or non-integer 'schema_version'", source, "schema_version")
+    if version > SCHEMA_VERSION:
+        raise WorkflowError(f"schema_version {version} is newer than this Loom understands "
+                            f"({SCHEMA_VERSION}); update Loom", source, "schema_version")
+    if version < 0:
+        raise WorkflowError(f"invalid schema_version {version}", source, "schema_version")
+    while version < SCHEMA_VERSION:
+        try:
+            doc = SCHEMA_MIGRATIONS[version](doc)
+        except WorkflowError as exc:
+            raise WorkflowError(str(exc), source) from None
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            raise WorkflowError(f"cannot migrate from schema {version}: {exc}", source) from None
+        version = doc["schema_version"]
+    return doc
+
+
+def _is_constant(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _migrate_node(type_id: str, version: str, inputs: dict[str, Any], registry: Registry,
+                  source: str | None, where: str) -> tuple[str, dict[str, Any]]:
+    spec = registry.get(type_id)
+    if spec is None:
+        return version, inputs
+    try:
+        file_v = parse_semver(version)
+    except ValueError:
+        raise WorkflowError(f"invalid node version {version!r}", source, where) from None
+    steps = 0
+    while version != spec.version and version in spec.migrations and steps < 100:
+        new_version, fn = spec.migrations[version]
+        try:
+            inputs = fn(dict(inputs))
+        except Exception as exc:  # noqa: BLE001 - a migration meeting odd data must not crash
+            raise WorkflowError(f"cannot migrate {type_id} from {version}: {exc}",
+                                source, where) from None
+        version, steps = new_version, steps + 1
+        file_v = parse_semver(version)
+    current = parse_semver(spec.version)
+    if file_v > current:
+        raise WorkflowError(f"node type {type_id} version {version} is newer than this Loom's "
+                            f"{spec.version}; update Loom", source, where)
+    if file_v[0] != current[0]:
+        raise WorkflowError(f"node type {type_id} version {version} cannot be read by version "
+                            f"{spec.version} (no migration)", source, where)
+    return spec.version, inputs
+
+
+def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | None = None,
+                        check: bool = True) -> Graph:
+    """Build a graph from a parsed document: migrate, check structure, then validate."""
+    doc = migrate_document(doc, source)
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, dict):
+        raise WorkflowError("'nodes' must be an object keyed by node id", source, "nodes")
+    graph = Graph(registry)
+    ui = doc.get("ui", {})
+    if not isinstance(ui, dict):
+        raise WorkflowError("'ui' must be an object", source, "ui")
+    graph.ui = ui
+    pending_links: list[tuple[str, str, str, str, str]] = []
+    for nid, n in nodes.items():
+        where = f"nodes.{nid}"
+        if not isinstance(n, dict):
+            raise WorkflowError("a node must be an object", source, where)
+        type_id = n.get("type")
+        if not isinstance(type_id, str) or not type_id:
+            raise WorkflowError("node needs a string 'type'", source, f"{where}.type")
+        inputs = n.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise WorkflowError("'inputs' must be an object keyed by input name", source,
+                                f"{where}.inputs")
+        node_ui = n.get("ui", {})
+        if not isinstance(node_ui, dict):
+            raise WorkflowError("'ui' must be an object", source, f"{where}.ui")
+        spec = registry.get(type_id)
+        version = n.get("version", spec.version if spec else "1.0.0")
+        if not isinstance(version, str):
+            raise WorkflowError("'version' must be a string like \"1.0.0\"", source,
+                                f"{where}.version")
+        version, inputs = _migrate_node(type_id, version, inputs, registry, source, where)
+        values: dict[str, Any] = {}
+        for name, value in inputs.items():
+            iwhere = f"{where}.inputs.{name}"
+            if isinstance(value, dict):
+                src, out = value.get("node"), value.get("output")
+                if set(value) != {"node", "output"} or not isinstance(src, str) \
+                        or not isinstance(out, str):
+                    raise WorkflowError('a link must be {"node": id, "output": name}',
+                                        source, iwhere)
+                pending_links.append((src, out, nid, name, iwhere))
+            elif _is_constant(value):
+                values[name] = value
+            else:
+                raise WorkflowError(f"unsupported value of type {type(value).__name__}",
+                                    source, iwhere)
+        try:
+            graph.add_node(type_id, nid, values=values, ui=node_ui, version=version)
+            # add_node fills defaults; keep exactly what the file said for the known inputs
+        except GraphError as exc:
+            raise WorkflowError(str(exc), source, where) from None
+    for src, out, dst, inp, iwhere in pending_links:
+        # unchecked, so that validation can report every problem (dangling, type mismatch)
+        graph.connect(src, out, dst, inp, check=False)
+    if check:
+        validate(graph, registry)
+    return graph
+
+
+def load_workflow(path: str | os.PathLike, registry: Registry, check: bool = True) -> Graph:
+    """Load, migrate and (by default) validate a workflow file (.json, or .png with one)."""
+    return graph_from_document(read_document(path), registry, str(path), check)
+
+
+# writing ----------------------------------------------------------------------------------------
+
+
+def graph_to_document(graph: Graph) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    for nid, n in graph.nodes.items():
+        inputs: dict[str, Any] = dict(n.values)
+        for (dst, inp), link in graph.links.items():
+            if dst == nid:
+                inputs[inp] = {"node": link.node, "output": link.output}
+        entry: dict[str, Any] = {"type": n.type}
+        if n.version:
+            entry["version"] = n.version
+        entry["inputs"] = inputs
+        if n.ui:
+            entry["ui"] = n.ui
+        nodes[nid] = entry
+    return {"schema_version": SCHEMA_VERSION, "nodes": nodes, "ui": graph.ui}
+
+
+def dumps(graph: Graph) -> str:
+    return json.dumps(graph_to_document(graph), indent=2, ensure_ascii=False) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file beside the target, flush to disk, then replace: never half a file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_workflow(graph: Graph, path: str | os.PathLike) -> None:
+    atomic_write_text(path, dumps(graph))

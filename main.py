@@ -1,0 +1,168 @@
+"""Loom: a node-graph editor for diffusion image generation.
+
+    python main.py                      open the editor with the default workflow
+    python main.py FILE                 open a workflow (.json, or a .png that carries one)
+    python main.py run [WORKFLOW] [--set ID.INPUT=VALUE ...] [--out DIR] [--device auto|cpu|cuda|mps]
+    python main.py nodes [--json]       list the node catalogue
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _registry():
+    from engine.registry import default_registry
+
+    registry = default_registry()
+    # Extra node modules named by the user (e.g. their own or test nodes): imported, never exec'd.
+    for name in filter(None, os.environ.get("LOOM_EXTRA_NODES", "").split(",")):
+        import importlib
+
+        registry.register_module(importlib.import_module(name.strip()))
+    return registry
+
+
+class _ProgressPrinter:
+    """A one-line progress bar on stderr: which node runs, and its step progress."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, event) -> None:
+        from engine.executor import NodeStatus, Progress
+
+        if isinstance(event, Progress):
+            now = time.monotonic()
+            if not self.tty and event.step not in (1, event.total) and now - self.last < 1.0:
+                return
+            self.last = now
+            width = 24
+            filled = int(width * event.step / max(event.total, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            end = "" if self.tty else "\n"
+            self.stream.write(f"\r{event.node_id}: [{bar}] {event.step}/{event.total}{end}")
+            self.stream.flush()
+        elif isinstance(event, NodeStatus) and event.status in ("done", "error", "cancelled"):
+            if self.tty:
+                self.stream.write("\r\033[K")
+            msg = f"{event.node_id}: {event.status} in {event.elapsed:.2f}s"
+            if event.error is not None:
+                msg += f" -- {event.error.message}"
+            self.stream.write(msg + "\n")
+            self.stream.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides
+    from engine.errors import LoomError, ValidationError, WorkflowError
+
+    path = Path(args.workflow) if args.workflow else DEFAULT_WORKFLOW
+    try:
+        session = Session(_registry())
+        graph = session.load(path, check=False)
+        apply_overrides(graph, session.registry, args.set or [])
+        printer = _ProgressPrinter()
+        handle = session.executor.submit(
+            graph, None, session.options(graph, args.out, args.device), printer)
+    except (ValidationError, WorkflowError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except LoomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        result = handle.result()
+    except KeyboardInterrupt:
+        handle.cancel()
+        result = handle.result()
+    for f in result.files:
+        print(f)
+    for err in result.errors.values():
+        print(f"error: {err}", file=sys.stderr)
+        if args.verbose:
+            print(err.traceback, file=sys.stderr)
+    if result.cancelled:
+        print("cancelled", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    registry = _registry()
+    if args.json:
+        json.dump(registry.catalogue(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    for spec in registry:
+        print(f"{spec.type_id}  ({spec.title}, v{spec.version}) -- {spec.description.splitlines()[0] if spec.description else ''}")
+        for inp in spec.inputs.values():
+            extra = []
+            if inp.has_default:
+                extra.append(f"default {inp.default!r}")
+            if inp.min is not None or inp.max is not None:
+                extra.append(f"range {inp.min}..{inp.max}")
+            if inp.choices:
+                extra.append("choices " + "|".join(map(str, inp.choices)))
+            if inp.optional:
+                extra.append("optional")
+            print(f"    in  {inp.name}: {inp.type}" + (f"  [{', '.join(extra)}]" if extra else ""))
+        for out in spec.outputs:
+            print(f"    out {out.name}: {out.type}")
+    return EXIT_OK
+
+
+def cmd_editor(args: argparse.Namespace) -> int:
+    try:
+        from editor.app import main as editor_main
+    except ImportError as exc:
+        print(f"the editor is not available: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return editor_main(file=args.file, screenshot=args.screenshot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="Loom: node-graph diffusion editor")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="render a workflow headless")
+    run.add_argument("workflow", nargs="?", help="workflow .json or .png (default: the bundled one)")
+    run.add_argument("--set", action="append", metavar="ID.INPUT=VALUE",
+                     help="override a node's input value (repeatable)")
+    run.add_argument("--out", default="out", help="output folder (default: out)")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
+    nodes = sub.add_parser("nodes", help="list the node catalogue")
+    nodes.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("run", "nodes", "-h", "--help"):
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            return EXIT_INVALID if exc.code else EXIT_OK
+        return cmd_run(args) if args.command == "run" else cmd_nodes(args)
+    ep = argparse.ArgumentParser(prog="main.py", description="open the Loom editor",
+                                 epilog="Subcommands: run (headless render), nodes (catalogue)")
+    ep.add_argument("file", nargs="?", help="workflow .json or .png to open")
+    ep.add_argument("--screenshot", metavar="PATH", help="save a PNG of the window and exit")
+    try:
+        args = ep.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_INVALID if exc.code else EXIT_OK
+    return cmd_editor(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

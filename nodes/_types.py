@@ -1,0 +1,30 @@
+"""The socket types of Loom's diffusion nodes, with their colours in the editor."""
+
+from engine.types import TYPES
+
+MODEL = "MODEL"  # the denoising network (UNet) of a checkpoint: nodes.lib.bundles.ModelBundle
+CLIP = "CLIP"  # tokenizers + text encoders: nodes.lib.bundles.ClipBundle
+VAE = "VAE"  # the autoencoder: nodes.lib.bundles.VaeBundle
+CONDITIONING = "CONDITIONING"  # nodes.lib.bundles.Conditioning
+LATENT = "LATENT"  # torch tensor [B, C, h, w], scaled by the VAE's scaling factor
+IMAGE = "IMAGE"  # torch float tensor [B, 3, H, W] in 0..1 on the CPU
+MASK = "MASK"  # torch float tensor [B, 1, H, W], 1 = repaint
+SCHEDULER = "SCHEDULER"  # a configured sampling schedule (scheduler + timesteps)
+DENOISER = "DENOISER"  # a function: the model's one-step prediction
+GUIDED_DENOISER = "GUIDED_DENOISER"  # a denoiser with guidance applied; still a DENOISER
+UPSCALE_MODEL = "UPSCALE_MODEL"  # an upscaler model (SD x4 / latent x2)
+
+for name, color, parents in (
+    (MODEL, "#b39ddb", ()),
+    (CLIP, "#ffd54f", ()),
+    (VAE, "#ef5350", ()),
+    (CONDITIONING, "#ffa726", ()),
+    (LATENT, "#f48fb1", ()),
+    (IMAGE, "#64b5f6", ()),
+    (MASK, "#81c784", ()),
+    (SCHEDULER, "#4dd0e1", ()),
+    (DENOISER, "#9575cd", ()),
+    (GUIDED_DENOISER, "#7e57c2", (DENOISER,)),
+    (UPSCALE_MODEL, "#a1887f", ()),
+):
+    TYPES.register(name, color, parents)

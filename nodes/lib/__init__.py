@@ -1,0 +1,1 @@
+"""Implementation helpers for the node modules (torch, diffusers, transformers live here)."""

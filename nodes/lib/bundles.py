@@ -1,0 +1,85 @@
+"""The values that travel on MODEL, CLIP, VAE and CONDITIONING edges.
+
+Plain containers; the loader fills them, the other nodes read them. `family` is one of:
+"sd1", "sd2", "sdxl", "sdxl_refiner", "sd_inpaint", "sd2_inpaint", "sd_x4_upscaler",
+"sd_latent_upscaler", "loom_builtin" (Loom's own small model behaves like "sd1").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    unet: Any  # diffusers UNet2DConditionModel (or UNet2DModel for some upscalers)
+    family: str
+    prediction_type: str  # "epsilon" | "v_prediction" | "sample"
+    scheduler_config: dict[str, Any]  # the checkpoint's own diffusers scheduler config
+    dtype: Any
+    device: Any
+    source: str  # identity of the file/folder it came from (for display and keys)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. low_res_scheduler for x4
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.unet.parameters())
+
+    def __loom_cache_size__(self) -> int:
+        return 0  # the model manager owns this memory, not the result cache
+
+
+@dataclass(eq=False)
+class ClipBundle:
+    tokenizers: list[Any]  # CLIPTokenizer, one per text encoder
+    text_encoders: list[Any]  # CLIPTextModel / CLIPTextModelWithProjection (SDXL: two)
+    family: str
+    dtype: Any
+    device: Any
+    source: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.text_encoders for p in m.parameters())
+
+    def __loom_cache_size__(self) -> int:
+        return 0  # the model manager owns this memory, not the result cache
+
+
+@dataclass(eq=False)
+class VaeBundle:
+    vae: Any  # diffusers AutoencoderKL
+    family: str
+    scaling_factor: float
+    dtype: Any
+    device: Any
+    source: str
+    force_upcast: bool = False  # decode in fp32 (SDXL's VAE overflows in fp16)
+    shift_factor: float | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.vae.parameters())
+
+    def __loom_cache_size__(self) -> int:
+        return 0  # the model manager owns this memory, not the result cache
+
+
+@dataclass(eq=False)
+class Conditioning:
+    """Text conditioning for a batch of one prompt (the sampler repeats it per image)."""
+
+    embeds: Any  # torch tensor [1, n_tokens, dim] (n_tokens = 77 * chunks)
+    pooled: Any = None  # SDXL: pooled text embedding [1, 1280]
+    family: str = "sd1"
+    extra: dict[str, Any] = field(default_factory=dict)
+    """SDXL micro-conditioning: original_size, crops_coords_top_left, target_size (tuples);
+    refiner: aesthetic_score. The UNet Step builds `add_time_ids` from these."""
+
+    @property
+    def nbytes(self) -> int:
+        total = self.embeds.numel() * self.embeds.element_size()
+        if self.pooled is not None:
+            total += self.pooled.numel() * self.pooled.element_size()
+        return total
