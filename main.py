@@ -19,14 +19,21 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _registry():
+    import importlib
+
+    from engine.errors import LoomError
     from engine.registry import default_registry
 
     registry = default_registry()
     # Extra node modules named by the user (e.g. their own or test nodes): imported, never exec'd.
-    for name in filter(None, os.environ.get("LOOM_EXTRA_NODES", "").split(",")):
-        import importlib
-
-        registry.register_module(importlib.import_module(name.strip()))
+    extra = os.environ.get("LOOM_EXTRA_NODES", "")
+    for name in filter(None, (n.strip() for n in extra.split(","))):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise LoomError(f"LOOM_EXTRA_NODES: cannot import node module '{name}': "
+                            f"{exc}") from None
+        registry.register_module(module)
     return registry
 
 
@@ -97,7 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    registry = _registry()
+    from engine.errors import LoomError
+
+    try:
+        registry = _registry()
+    except LoomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if args.json:
         json.dump(registry.catalogue(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

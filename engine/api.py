@@ -98,7 +98,8 @@ class Session:
 
     def load(self, path: str | os.PathLike = DEFAULT_WORKFLOW, check: bool = True) -> Graph:
         graph = load_workflow(path, self.registry, check)
-        graph.ui.setdefault("_source", str(Path(path).resolve()))
+        # always the file just read: relative paths in it resolve against its folder
+        graph.ui["_source"] = str(Path(path).resolve())
         return graph
 
     def save(self, graph: Graph, path: str | os.PathLike) -> None:

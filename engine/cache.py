@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_BUDGET = 4 * 1024**3
+_PLAIN = (int, float, bool, str, bytes, bytearray, type(None))
 
 
 def sizeof(value: Any, _depth: int = 0) -> int:
     """Approximate bytes held by a value, without importing torch (duck-typed)."""
+    if type(value) in _PLAIN:
+        return sys.getsizeof(value)
     if _depth > 6:
         return 0
     custom = getattr(value, "__loom_cache_size__", None)
@@ -44,10 +47,12 @@ def sizeof(value: Any, _depth: int = 0) -> int:
         return 64
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr)
+
+
 def make_key(parts: Any) -> str:
     """A stable hash of JSON-able parts."""
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=repr)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(_ENCODER.encode(parts).encode()).hexdigest()
 
 
 @dataclass

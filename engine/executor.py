@@ -8,7 +8,9 @@ handle (cancel, wait, or await it); `run()` is the blocking form. Events are del
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import hashlib
 import itertools
 import threading
 import time
@@ -18,16 +20,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cache import ResultCache, make_key
+from engine.cache import ResultCache
 from engine.errors import Cancelled, LoomError, NodeError, NodeInputError
-from engine.graph import Graph
+from engine.graph import Graph, Link
 from engine.node import NodeSpec, RunContext
 from engine.paths import file_identity, resolve_path
 from engine.registry import Registry
 from engine.validate import validate
 
 KEYED_OPTIONS = ("device", "output_dir")
-"""Run options that change what nodes produce, and so are part of every cache key."""
+"""Run options that change what nodes produce, and so are part of cache keys."""
+OUTPUT_NODE_OPTIONS = ("output_dir",)
+"""Keyed options that only output nodes (the ones that write files) depend on: changing the
+output folder must not throw away every upstream result."""
 
 QUEUED, RUNNING, CACHED, DONE, ERROR, SKIPPED, CANCELLED = (
     "queued", "running", "cached", "done", "error", "skipped", "cancelled")
@@ -143,12 +148,13 @@ class Executor:
         """Validate now (raises ValidationError), then run on the worker thread."""
         snapshot = graph.copy()
         targets = self._targets(snapshot, outputs)
-        needed = self._ancestors(snapshot, targets)
+        ins = snapshot.inputs_by_node()
+        needed = self._ancestors(snapshot, targets, ins)
         validate(snapshot, self.registry, only=needed)
         cancel = threading.Event()
         run_id = next(self._ids)
         future = self._pool.submit(self._run, run_id, snapshot, targets, needed,
-                                   dict(options or {}), on_event, cancel)
+                                   dict(options or {}), on_event, cancel, ins)
         return RunHandle(run_id, future, cancel)
 
     def run(self, graph: Graph, outputs: Iterable[str] | None = None,
@@ -182,7 +188,10 @@ class Executor:
         return sorted(targets)
 
     @staticmethod
-    def _ancestors(graph: Graph, targets: list[str]) -> set[str]:
+    def _ancestors(graph: Graph, targets: list[str],
+                   ins: dict[str, dict[str, Link]] | None = None) -> set[str]:
+        if ins is None:
+            ins = graph.inputs_by_node()
         needed: set[str] = set()
         stack = list(targets)
         while stack:
@@ -190,7 +199,7 @@ class Executor:
             if nid in needed or nid not in graph.nodes:
                 continue
             needed.add(nid)
-            stack.extend(l.node for l in graph.inputs_of(nid).values())
+            stack.extend(l.node for l in ins.get(nid, {}).values())
         return needed
 
     @staticmethod
@@ -201,10 +210,10 @@ class Executor:
             if dst in needed and link.node in needed:
                 indeg[dst] += 1
                 succ[link.node].append(dst)
-        ready = sorted(n for n, d in indeg.items() if d == 0)
+        ready = collections.deque(sorted(n for n, d in indeg.items() if d == 0))
         order: list[str] = []
         while ready:
-            nid = ready.pop(0)
+            nid = ready.popleft()
             order.append(nid)
             for nxt in sorted(succ[nid]):
                 indeg[nxt] -= 1
@@ -213,35 +222,55 @@ class Executor:
         return order
 
     def _key(self, graph: Graph, nid: str, spec: NodeSpec, keys: dict[str, str],
-             options: dict[str, Any]) -> str:
+             options: dict[str, Any], links: dict[str, Link] | None = None) -> str:
+        """The node's content address: type, version, constant inputs (with file identities),
+        upstream keys and outputs, keyed options; never the node id."""
         node = graph.nodes[nid]
-        inputs: dict[str, Any] = {}
+        if links is None:
+            links = graph.inputs_of(nid)
+        # One flat list of scalars, hashed through its repr: unambiguous (strings are quoted,
+        # 1, 1.0 and True differ) and much cheaper than JSON. Constants are scalars here
+        # (validation refuses others); the keys live in memory only, so repr is stable enough.
+        parts: list[Any] = [spec.type_id, spec.version]
         for name, inp in spec.inputs.items():
-            link = graph.link(nid, name)
+            link = links.get(name)
             if link is not None:
-                inputs[name] = ["link", keys[link.node], link.output]
+                parts += (name, "link", keys[link.node], link.output)
                 continue
             value = node.values.get(name, inp.default if inp.has_default else None)
-            inputs[name] = ["value", value]
+            parts += (name, "value", value)
             if inp.path and isinstance(value, str) and value:
-                inputs[name].append(file_identity(resolve_path(value, options)))
-        parts = {"type": spec.type_id, "version": spec.version, "inputs": inputs,
-                 "options": {k: options.get(k) for k in KEYED_OPTIONS}}
+                parts.append(file_identity(resolve_path(value, options)))
+        parts.append("options")
+        for k in KEYED_OPTIONS:
+            if spec.output_node or k not in OUTPUT_NODE_OPTIONS:
+                parts += (k, options.get(k))
         if not spec.deterministic:
-            parts["nonce"] = uuid.uuid4().hex
-        return make_key(parts)
+            parts += ("nonce", uuid.uuid4().hex)
+        return hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
     # running ---------------------------------------------------------------------------------
     def _run(self, run_id: int, graph: Graph, targets: list[str], needed: set[str],
              options: dict[str, Any], on_event: Callable[[Event], None] | None,
-             cancel: threading.Event) -> RunResult:
+             cancel: threading.Event,
+             ins: dict[str, dict[str, Link]] | None = None) -> RunResult:
         t_start = time.perf_counter()
         emit = on_event or (lambda e: None)
+        if ins is None:
+            ins = graph.inputs_by_node()
+        no_links: dict[str, Link] = {}
         order = self._topological(graph, needed)
         result = RunResult(run_id)
         specs = {nid: self.registry.get(graph.nodes[nid].type) for nid in order}
+        # A non-deterministic node, and everything fed by one, gets a fresh key every run: such
+        # results are never looked up in the cache nor stored there (they could never be hit
+        # again and would only push useful entries out).
+        volatile: set[str] = set()
         for nid in order:
-            result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options)
+            links = ins.get(nid, no_links)
+            result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options, links)
+            if not specs[nid].deterministic or any(l.node in volatile for l in links.values()):
+                volatile.add(nid)
 
         # Walk back from the targets: a cached node needs none of its inputs computed.
         entries: dict[str, Any] = {}
@@ -251,12 +280,12 @@ class Executor:
             nid = stack.pop()
             if nid in entries or nid in to_run:
                 continue
-            entry = self.cache.get(result.keys[nid])
+            entry = None if nid in volatile else self.cache.get(result.keys[nid])
             if entry is not None:
                 entries[nid] = entry
             else:
                 to_run.add(nid)
-                stack.extend(l.node for l in graph.inputs_of(nid).values())
+                stack.extend(l.node for l in ins.get(nid, no_links).values())
 
         emit(RunStarted(run_id, tuple(order)))
         for nid in order:
@@ -283,22 +312,27 @@ class Executor:
                 result.status[nid] = CANCELLED
                 emit(NodeStatus(run_id, nid, CANCELLED))
                 continue
-            bad = [l.node for l in graph.inputs_of(nid).values()
+            links = ins.get(nid, no_links)
+            bad = [l.node for l in links.values()
                    if result.status.get(l.node) not in (DONE, CACHED)]
             if bad:
                 result.status[nid] = SKIPPED
                 reason = f"input from '{bad[0]}' is not available"
                 emit(NodeStatus(run_id, nid, SKIPPED, reason=reason))
                 continue
-            self._run_node(run_id, graph, nid, spec, options, result, emit, cancel)
+            self._run_node(run_id, graph, nid, spec, options, result, emit, cancel, links,
+                           store=nid not in volatile)
         result.elapsed = time.perf_counter() - t_start
         emit(RunFinished(run_id, result))
         return result
 
     def _run_node(self, run_id: int, graph: Graph, nid: str, spec: NodeSpec,
                   options: dict[str, Any], result: RunResult,
-                  emit: Callable[[Event], None], cancel: threading.Event) -> None:
+                  emit: Callable[[Event], None], cancel: threading.Event,
+                  links: dict[str, Link] | None = None, store: bool = True) -> None:
         node = graph.nodes[nid]
+        if links is None:
+            links = graph.inputs_of(nid)
         result.status[nid] = RUNNING
         emit(NodeStatus(run_id, nid, RUNNING))
         t0 = time.perf_counter()
@@ -310,7 +344,7 @@ class Executor:
         try:
             instance = spec.cls()
             for name, inp in spec.inputs.items():
-                link = graph.link(nid, name)
+                link = links.get(name)
                 if link is not None:
                     value = result.outputs[link.node][link.output]
                 else:
@@ -342,5 +376,6 @@ class Executor:
             result.ui[nid] = ctx.ui
         result.timings[nid] = elapsed
         result.status[nid] = DONE
-        self.cache.put(result.keys[nid], outputs, ctx.ui, elapsed)
+        if store:
+            self.cache.put(result.keys[nid], outputs, ctx.ui, elapsed)
         emit(NodeStatus(run_id, nid, DONE, elapsed))

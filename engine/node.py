@@ -18,6 +18,7 @@ about a node type comes from this metadata (`NodeSpec`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from typing import Any
 
 from engine.types import BOOLEAN, FLOAT, INT, PRIMITIVES, STRING
 
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_TYPE_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# ASCII digits only, and fullmatch (not `$`, which also matches before a trailing newline)
+_SEMVER = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
+_TYPE_ID = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
 class _Required:
@@ -39,7 +41,7 @@ REQUIRED: Any = _Required()
 
 
 def parse_semver(version: str) -> tuple[int, int, int]:
-    m = _SEMVER.match(version or "")
+    m = _SEMVER.fullmatch(version) if isinstance(version, str) else None
     if not m:
         raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {version!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -83,39 +85,50 @@ class Input:
 
     def check(self, value: Any) -> str | None:
         """Why `value` is not acceptable as a constant for this input, or None if it is."""
+        problem = self.problem(value)
+        return problem[1] if problem is not None else None
+
+    def problem(self, value: Any) -> tuple[str, str] | None:
+        """(code, message) of what is wrong with `value` as a constant, or None if it is fine.
+        Codes: value_error, not_in_choices, out_of_range."""
         if value is None:
-            return None if self.optional else "a value is required"
+            return None if self.optional else ("value_error", "a value is required")
         t = self.type
         if t == INT:
             if isinstance(value, bool) or not isinstance(value, int):
-                return f"expected an integer, got {_describe(value)}"
+                return "value_error", f"expected an integer, got {_describe(value)}"
         elif t == FLOAT:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"expected a number, got {_describe(value)}"
-            if not math.isfinite(value):
-                return f"expected a finite number, got {value!r}"
+                return "value_error", f"expected a number, got {_describe(value)}"
+            # ints are always finite (and math.isfinite overflows on huge ones)
+            if isinstance(value, float) and not math.isfinite(value):
+                return "value_error", f"expected a finite number, got {value!r}"
         elif t == STRING:
             if not isinstance(value, str):
-                return f"expected text, got {_describe(value)}"
+                return "value_error", f"expected text, got {_describe(value)}"
         elif t == BOOLEAN:
             if not isinstance(value, bool):
-                return f"expected true or false, got {_describe(value)}"
+                return "value_error", f"expected true or false, got {_describe(value)}"
         else:
-            return f"inputs of type {t} can only be connected, not set to a constant"
+            return "value_error", f"inputs of type {t} can only be connected, not set to a constant"
         if self.choices is not None and value not in self.choices:
             shown = ", ".join(repr(c) for c in self.choices)
-            return f"{value!r} is not one of the choices: {shown}"
+            return "not_in_choices", f"{_short(value)} is not one of the choices: {shown}"
         if self.min is not None and value < self.min:
-            return f"{value!r} is below the minimum {self.min!r}"
+            return "out_of_range", f"{_short(value)} is below the minimum {self.min!r}"
         if self.max is not None and value > self.max:
-            return f"{value!r} is above the maximum {self.max!r}"
+            return "out_of_range", f"{_short(value)} is above the maximum {self.max!r}"
         return None
 
     def parse(self, text: str) -> Any:
         """Parse a command-line string by this input's declared type (ValueError if it can't)."""
         t = self.type
         if t == INT:
-            return int(text.strip(), 0)
+            text = text.strip()
+            try:
+                return int(text, 0)  # 0x10, 0b101, 1_000
+            except ValueError:
+                return int(text, 10)  # leading zeros ("007"), which base 0 refuses
         if t == FLOAT:
             value = float(text.strip())
             return value
@@ -149,7 +162,15 @@ class Input:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a value for a message, cut short (a huge number or text would flood it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**60:
+        return f"<integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -230,7 +251,7 @@ def node(
     migrations: dict[str, tuple[str, Migration]] | None = None,
 ) -> Callable[[type], type]:
     """Class decorator declaring a node type; the registry picks it up when it imports the module."""
-    if not _TYPE_ID.match(type_id):
+    if not isinstance(type_id, str) or not _TYPE_ID.fullmatch(type_id):
         raise ValueError(f"node type id must look like 'family.name', got {type_id!r}")
     parse_semver(version)
 
@@ -246,7 +267,8 @@ def node(
             raise ValueError(f"{type_id}: duplicate output names {names}")
         if not callable(getattr(cls, "run", None)):
             raise TypeError(f"{type_id}: a node class needs a run(self, ctx) method")
-        doc = description if description is not None else (cls.__doc__ or "").strip()
+        # cleandoc: the editor shows the text, so drop the docstring's source indentation
+        doc = description if description is not None else inspect.cleandoc(cls.__doc__ or "")
         cls.__loom_spec__ = NodeSpec(
             type_id=type_id,
             cls=cls,

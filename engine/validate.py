@@ -73,15 +73,14 @@ def _inputs_present_and_valid(graph: Graph, registry: Registry) -> Iterable[Prob
                 if inp.required:
                     yield Problem("missing_input", "required input must be connected",
                                   n.id, n.type, name)
+                elif n.values[name] is not None:
+                    # an unwired optional connection must not smuggle a constant into run()
+                    yield Problem("value_error", f"takes a connection ({inp.type}), not a value",
+                                  n.id, n.type, name)
                 continue
-            why = inp.check(n.values[name])
-            if why is not None:
-                code = "value_error"
-                if "choices" in why:
-                    code = "not_in_choices"
-                elif "minimum" in why or "maximum" in why:
-                    code = "out_of_range"
-                yield Problem(code, why, n.id, n.type, name)
+            problem = inp.problem(n.values[name])
+            if problem is not None:
+                yield Problem(problem[0], problem[1], n.id, n.type, name)
 
 
 def _acyclic(graph: Graph, registry: Registry) -> Iterable[Problem]:

@@ -32,6 +32,9 @@ from engine.validate import validate
 
 SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_UI_DEPTH = 100
+"""How deeply `ui` sections may nest: deeper ones would overflow the stack when a graph is
+copied (copy.deepcopy recurses), so they are refused at load time."""
 PNG_KEY = "workflow"
 
 # schema migrations: version N -> N+1, each a function of the whole document ------------------
@@ -134,6 +137,9 @@ def png_text_chunks(data: bytes, source: str | None = None) -> dict[str, str]:
                 break
         except (UnicodeDecodeError, IndexError, zlib.error) as exc:
             raise WorkflowError(f"unreadable PNG text chunk: {exc}", source) from None
+    else:
+        if pos < len(data):  # a few bytes left: a chunk header cut short
+            raise WorkflowError("truncated PNG chunk", source)
     return out
 
 
@@ -186,6 +192,9 @@ def _migrate_node(type_id: str, version: str, inputs: dict[str, Any], registry: 
         except Exception as exc:  # noqa: BLE001 - a migration meeting odd data must not crash
             raise WorkflowError(f"cannot migrate {type_id} from {version}: {exc}",
                                 source, where) from None
+        if not isinstance(inputs, dict):
+            raise WorkflowError(f"migration of {type_id} from {version} returned "
+                                f"{type(inputs).__name__}, not an inputs dict", source, where)
         version, steps = new_version, steps + 1
         file_v = parse_semver(version)
     current = parse_semver(spec.version)
@@ -198,9 +207,24 @@ def _migrate_node(type_id: str, version: str, inputs: dict[str, Any], registry: 
     return spec.version, inputs
 
 
+def _check_depth(value: Any, source: str | None, where: str) -> None:
+    """Refuse containers nested deeper than MAX_UI_DEPTH (iteratively: no recursion here)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        cur, depth = stack.pop()
+        if depth > MAX_UI_DEPTH:
+            raise WorkflowError(f"nested more than {MAX_UI_DEPTH} levels deep", source, where)
+        if isinstance(cur, dict):
+            stack.extend((v, depth + 1) for v in cur.values())
+        elif isinstance(cur, (list, tuple)):
+            stack.extend((v, depth + 1) for v in cur)
+
+
 def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | None = None,
                         check: bool = True) -> Graph:
     """Build a graph from a parsed document: migrate, check structure, then validate."""
+    if not isinstance(doc, dict):
+        raise WorkflowError("a workflow must be a JSON object", source)
     doc = migrate_document(doc, source)
     nodes = doc.get("nodes")
     if not isinstance(nodes, dict):
@@ -209,6 +233,7 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
     ui = doc.get("ui", {})
     if not isinstance(ui, dict):
         raise WorkflowError("'ui' must be an object", source, "ui")
+    _check_depth(ui, source, "ui")
     graph.ui = ui
     pending_links: list[tuple[str, str, str, str, str]] = []
     for nid, n in nodes.items():
@@ -225,6 +250,7 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
         node_ui = n.get("ui", {})
         if not isinstance(node_ui, dict):
             raise WorkflowError("'ui' must be an object", source, f"{where}.ui")
+        _check_depth(node_ui, source, f"{where}.ui")
         spec = registry.get(type_id)
         version = n.get("version", spec.version if spec else "1.0.0")
         if not isinstance(version, str):
@@ -251,7 +277,7 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
             # add_node fills defaults; keep exactly what the file said for the known inputs
         except GraphError as exc:
             raise WorkflowError(str(exc), source, where) from None
-    for src, out, dst, inp, iwhere in pending_links:
+    for src, out, dst, inp, _iwhere in pending_links:
         # unchecked, so that validation can report every problem (dangling, type mismatch)
         graph.connect(src, out, dst, inp, check=False)
     if check:
@@ -268,12 +294,14 @@ def load_workflow(path: str | os.PathLike, registry: Registry, check: bool = Tru
 
 
 def graph_to_document(graph: Graph) -> dict[str, Any]:
+    """The document of a graph. Graph-level ui keys starting with "_" (such as "_source", the
+    file a session loaded the graph from) are runtime-only and not written."""
     nodes: dict[str, Any] = {}
+    ins = graph.inputs_by_node()
     for nid, n in graph.nodes.items():
         inputs: dict[str, Any] = dict(n.values)
-        for (dst, inp), link in graph.links.items():
-            if dst == nid:
-                inputs[inp] = {"node": link.node, "output": link.output}
+        for inp, link in ins.get(nid, {}).items():
+            inputs[inp] = {"node": link.node, "output": link.output}
         entry: dict[str, Any] = {"type": n.type}
         if n.version:
             entry["version"] = n.version
@@ -281,7 +309,8 @@ def graph_to_document(graph: Graph) -> dict[str, Any]:
         if n.ui:
             entry["ui"] = n.ui
         nodes[nid] = entry
-    return {"schema_version": SCHEMA_VERSION, "nodes": nodes, "ui": graph.ui}
+    ui = {k: v for k, v in graph.ui.items() if not (isinstance(k, str) and k.startswith("_"))}
+    return {"schema_version": SCHEMA_VERSION, "nodes": nodes, "ui": ui}
 
 
 def dumps(graph: Graph) -> str:
@@ -294,6 +323,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            # mkstemp makes the file private (0600): give it the mode the old file had, or the
+            # mode a plain open() would have given it
+            try:
+                mode = os.stat(p).st_mode & 0o7777
+            except OSError:
+                mode = 0o666 & ~_umask()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -304,6 +341,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read once (os.umask can only be read by setting it)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def save_workflow(graph: Graph, path: str | os.PathLike) -> None:

@@ -38,6 +38,9 @@ class ClipBundle:
     dtype: Any
     device: Any
     source: str
+    force_zeros_for_empty_prompt: bool = False
+    """SDXL base (diffusers' pipeline flag): an empty negative prompt is all-zero embeddings."""
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

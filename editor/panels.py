@@ -1,0 +1,291 @@
+"""Side panels: the image viewer (zoom, pan, compare with the previous run, save as) and the
+problems list (validation problems before a run, node errors after one)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPen, QWheelEvent
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from editor import theme
+from engine.errors import Problem
+
+
+@dataclass
+class Shown:
+    image: QImage
+    caption: str
+    file: str | None = None
+
+
+class ImageCanvas(QWidget):
+    """Draws one image, fitted or zoomed; wheel zooms at the cursor, drag pans. In compare mode
+    the previous image shows left of a split line that follows the mouse drag."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.current: QImage | None = None
+        self.previous: QImage | None = None
+        self.compare = False
+        self.split = 0.5
+        self.zoom = 0.0  # 0 = fit
+        self.offset = QPointF(0, 0)
+        self._drag: QPointF | None = None
+        self.setMinimumSize(160, 160)
+        self.setMouseTracking(True)
+
+    def set_images(self, current: QImage | None, previous: QImage | None) -> None:
+        self.current, self.previous = current, previous
+        self.update()
+
+    def _scale(self) -> float:
+        if self.current is None:
+            return 1.0
+        if self.zoom <= 0:
+            return min(self.width() / self.current.width(), self.height() / self.current.height())
+        return self.zoom
+
+    def image_rect(self) -> QRectF:
+        if self.current is None:
+            return QRectF()
+        s = self._scale()
+        w, h = self.current.width() * s, self.current.height() * s
+        return QRectF(self.width() / 2 - w / 2 + self.offset.x(),
+                      self.height() / 2 - h / 2 + self.offset.y(), w, h)
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#161719"))
+        if self.current is None:
+            p.setPen(theme.TEXT_DIM)
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                       "Images appear here after a run")
+            return
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale() < 2)
+        r = self.image_rect()
+        p.drawImage(r, self.current)
+        if self.compare and self.previous is not None:
+            x = self.width() * self.split
+            p.save()
+            p.setClipRect(QRectF(0, 0, x, self.height()))
+            p.drawImage(r, self.previous)
+            p.restore()
+            p.setPen(QPen(theme.ACCENT, 2))
+            p.drawLine(QPointF(x, 0), QPointF(x, self.height()))
+            p.setPen(theme.TEXT)
+            p.drawText(QRectF(8, 6, x - 12, 18), Qt.AlignmentFlag.AlignLeft, "previous")
+            p.drawText(QRectF(x + 6, 6, self.width() - x - 12, 18),
+                       Qt.AlignmentFlag.AlignLeft, "current")
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        if self.current is None:
+            return
+        old = self._scale()
+        new = max(0.05, min(32.0, old * (1.0015 ** event.angleDelta().y())))
+        # keep the image point under the cursor fixed
+        c = event.position() - QPointF(self.width() / 2, self.height() / 2)
+        self.offset = c - (c - self.offset) * (new / old)
+        self.zoom = new
+        self.update()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self._drag = event.position()
+        if self.compare:
+            self.split = max(0.0, min(1.0, event.position().x() / max(self.width(), 1)))
+            self.update()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._drag is None:
+            return
+        if self.compare:
+            self.split = max(0.0, min(1.0, event.position().x() / max(self.width(), 1)))
+        else:
+            self.offset += event.position() - self._drag
+            self._drag = event.position()
+        self.update()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self._drag = None
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.fit()
+
+    def fit(self) -> None:
+        self.zoom, self.offset = 0.0, QPointF(0, 0)
+        self.update()
+
+    def actual_size(self) -> None:
+        self.zoom, self.offset = 1.0, QPointF(0, 0)
+        self.update()
+
+
+class ImageViewer(QWidget):
+    """The viewer panel: the latest images of a run, the previous ones for comparison."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.shown: list[Shown] = []
+        self.previous: list[Shown] = []
+        self.index = 0
+        self.canvas = ImageCanvas()
+        self.caption = QLabel("")
+        self.caption.setStyleSheet("color:#8b8f96;")
+        bar = QHBoxLayout()
+        bar.setContentsMargins(4, 2, 4, 2)
+
+        def button(text: str, tip: str, slot, checkable: bool = False) -> QToolButton:
+            b = QToolButton()
+            b.setText(text)
+            b.setToolTip(tip)
+            b.setCheckable(checkable)
+            (b.toggled if checkable else b.clicked).connect(slot)
+            bar.addWidget(b)
+            return b
+
+        self.prev_button = button("◀", "Previous image", lambda: self.step(-1))
+        self.next_button = button("▶", "Next image", lambda: self.step(1))
+        button("Fit", "Fit the image in the panel", self.canvas.fit)
+        button("1:1", "Actual size", self.canvas.actual_size)
+        self.compare_button = button("Compare", "Compare with the previous run (drag the split)",
+                                     self.set_compare, checkable=True)
+        self.save_button = button("Save as…", "Save the image", self.save_as_dialog)
+        bar.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addLayout(bar)
+        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.caption)
+        self._refresh()
+
+    def show_images(self, items: list[Shown]) -> None:
+        if not items:
+            return
+        if self.shown:
+            self.previous = self.shown
+        self.shown = items
+        self.index = 0
+        self._refresh()
+
+    def set_compare(self, on: bool) -> None:
+        self.canvas.compare = on
+        self.canvas.update()
+
+    def step(self, d: int) -> None:
+        if self.shown:
+            self.index = (self.index + d) % len(self.shown)
+            self._refresh()
+
+    @property
+    def current(self) -> Shown | None:
+        return self.shown[self.index] if self.shown else None
+
+    def _refresh(self) -> None:
+        cur = self.current
+        prev = self.previous[min(self.index, len(self.previous) - 1)] if self.previous else None
+        self.canvas.set_images(cur.image if cur else None, prev.image if prev else None)
+        many = len(self.shown) > 1
+        self.prev_button.setEnabled(many)
+        self.next_button.setEnabled(many)
+        self.save_button.setEnabled(cur is not None)
+        self.compare_button.setEnabled(prev is not None)
+        if cur is not None:
+            n = f" ({self.index + 1}/{len(self.shown)})" if many else ""
+            self.caption.setText(f"  {cur.caption}{n} — {cur.image.width()}×"
+                                 f"{cur.image.height()}")
+        else:
+            self.caption.setText("")
+
+    def save_as(self, path: str | Path) -> None:
+        """Save the shown image. A result already written as a PNG is copied as is (keeping
+        the workflow embedded in it); otherwise the image is encoded anew."""
+        cur = self.current
+        if cur is None:
+            raise ValueError("no image to save")
+        target = Path(path)
+        if cur.file and Path(cur.file).is_file() and target.suffix.lower() == \
+                Path(cur.file).suffix.lower():
+            shutil.copyfile(cur.file, target)
+        elif not cur.image.save(str(target)):
+            raise OSError(f"could not write {target}")
+
+    def save_as_dialog(self) -> None:
+        cur = self.current
+        if cur is None:
+            return
+        name = Path(cur.file).name if cur.file else "image.png"
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", name,
+                                              "PNG (*.png);;JPEG (*.jpg);;WebP (*.webp)")
+        if path:
+            try:
+                self.save_as(path)
+            except (OSError, ValueError) as exc:
+                self.caption.setText(f"  Could not save: {exc}")
+
+
+class ProblemsPanel(QListWidget):
+    """Problems to fix before a run and errors from the last run; a click selects the node."""
+
+    node_clicked = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.validation: list[Problem] = []
+        self.errors: dict[str, str] = {}
+        self.itemClicked.connect(self._clicked)
+        self.setWordWrap(True)
+
+    def set_validation(self, problems: list[Problem]) -> None:
+        self.validation = list(problems)
+        self._refresh()
+
+    def set_error(self, node_id: str, message: str | None) -> None:
+        if message is None:
+            self.errors.pop(node_id, None)
+        else:
+            self.errors[node_id] = message
+        self._refresh()
+
+    def clear_errors(self) -> None:
+        self.errors.clear()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.clear()
+        for nid, msg in self.errors.items():
+            self._add(f"✖  {nid}: {msg}", nid, theme.STATUS_COLORS["error"])
+        for p in self.validation:
+            self._add(f"▲  {p}", p.node_id, QColor("#e0b050"))
+        if self.count() == 0:
+            item = QListWidgetItem("No problems")
+            item.setForeground(theme.TEXT_DIM)
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.addItem(item)
+
+    def _add(self, text: str, node_id: str | None, color: QColor) -> None:
+        item = QListWidgetItem(text)
+        item.setForeground(color)
+        item.setData(Qt.ItemDataRole.UserRole, node_id)
+        item.setToolTip(text)
+        self.addItem(item)
+
+    def problem_count(self) -> int:
+        return len(self.validation) + len(self.errors)
+
+    def _clicked(self, item: QListWidgetItem) -> None:
+        nid = item.data(Qt.ItemDataRole.UserRole)
+        if nid:
+            self.node_clicked.emit(nid)

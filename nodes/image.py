@@ -1,0 +1,172 @@
+"""Images and masks: load, save, preview, resize, crop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import NodeInputError
+from engine.node import Input, Output, RunContext, node
+from engine.paths import resolve_path
+from engine.types import BOOLEAN, INT, STRING
+from nodes._types import IMAGE, MASK
+
+_IMAGES = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+_METHODS = ("lanczos", "bicubic", "bilinear", "nearest")
+
+
+def _open(ctx: RunContext, value: str, input: str):
+    from nodes.lib.images import open_image
+
+    if not value:
+        raise NodeInputError(input, "choose an image file")
+    path = resolve_path(value, ctx.options)
+    if not path.is_file():
+        raise NodeInputError(input, f"no such file: {path}")
+    try:
+        return open_image(path)
+    except OSError as exc:
+        raise NodeInputError(input, f"cannot read {path.name} as an image: {exc}") from None
+
+
+@node("image.load", title="Load Image", category="image", version="1.0.0",
+      outputs=[Output("image", IMAGE), Output("mask", MASK, "transparent pixels (1 = repaint); "
+                                                          "all zeros without alpha")])
+class LoadImageNode:
+    """An image file as IMAGE (RGB, 0..1), with its alpha channel as a mask."""
+
+    image = Input(STRING, default="", widget="image", file_filter=_IMAGES, path=True)
+
+    def run(self, ctx: RunContext):
+        import torch
+
+        from nodes.lib.images import alpha_mask, pil_to_image
+
+        img = _open(ctx, self.image, "image")
+        image = pil_to_image(img)
+        mask = alpha_mask(img)
+        if mask is None:
+            mask = torch.zeros(1, 1, image.shape[2], image.shape[3])
+        return image, mask
+
+
+@node("image.load_mask", title="Load Mask", category="image", version="1.0.0",
+      outputs=[Output("mask", MASK)])
+class LoadMaskNode:
+    """A mask from an image file: white (or transparent, for "alpha") = repaint."""
+
+    image = Input(STRING, default="", widget="mask", file_filter=_IMAGES, path=True)
+    channel = Input(STRING, default="luminance",
+                    choices=("luminance", "alpha", "red", "green", "blue"))
+    invert = Input(BOOLEAN, default=False)
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.images import channel_mask
+
+        img = _open(ctx, self.image, "image")
+        try:
+            mask = channel_mask(img, self.channel)
+        except ValueError as exc:
+            raise NodeInputError("channel", f"{exc}; choose another channel") from None
+        return 1.0 - mask if self.invert else mask
+
+
+@node("image.save", title="Save Image", category="image", version="1.0.0", output_node=True)
+class SaveImageNode:
+    """Write PNGs numbered prefix_00001.png, ... into the output folder, with the workflow
+    embedded (drop the PNG on Loom to get the graph back)."""
+
+    images = Input(IMAGE)
+    prefix = Input(STRING, default="loom", description="file name prefix (no folders)")
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.images import check_prefix, image_to_uint8, save_png
+
+        why = check_prefix(self.prefix)
+        if why is not None:
+            raise NodeInputError("prefix", why)
+        out_dir = Path(ctx.options.get("output_dir", "out"))
+        text = {}
+        workflow = ctx.options.get("workflow_json")
+        if workflow:
+            text["workflow"] = workflow
+        arrays = image_to_uint8(self.images)
+        files = [str(save_png(a, out_dir, self.prefix, text)) for a in arrays]
+        ctx.set_ui(files=files, images=arrays)
+
+
+@node("image.preview", title="Preview Image", category="image", version="1.0.0",
+      output_node=True)
+class PreviewImageNode:
+    """Show images in the editor without saving them."""
+
+    images = Input(IMAGE)
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.images import image_to_uint8
+
+        ctx.set_ui(images=image_to_uint8(self.images))
+
+
+@node("image.resize", title="Resize Image", category="image", version="1.0.0",
+      outputs=[Output("image", IMAGE)])
+class ResizeImageNode:
+    """Resize to an exact size."""
+
+    image = Input(IMAGE)
+    width = Input(INT, default=512, min=1, max=16384)
+    height = Input(INT, default=512, min=1, max=16384)
+    method = Input(STRING, default="lanczos", choices=_METHODS)
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.images import resize_image
+
+        return resize_image(self.image, int(self.width), int(self.height), self.method)
+
+
+@node("image.crop", title="Crop Image", category="image", version="1.0.0",
+      outputs=[Output("image", IMAGE)])
+class CropImageNode:
+    """Cut a rectangle out of an image (x, y = its top-left corner)."""
+
+    image = Input(IMAGE)
+    x = Input(INT, default=0, min=0, max=16384)
+    y = Input(INT, default=0, min=0, max=16384)
+    width = Input(INT, default=512, min=1, max=16384)
+    height = Input(INT, default=512, min=1, max=16384)
+
+    def run(self, ctx: RunContext):
+        h, w = self.image.shape[-2:]
+        if self.x + self.width > w:
+            raise NodeInputError("width", f"x {self.x} + width {self.width} is beyond the "
+                                 f"image's width {w}")
+        if self.y + self.height > h:
+            raise NodeInputError("height", f"y {self.y} + height {self.height} is beyond the "
+                                 f"image's height {h}")
+        return self.image[..., self.y:self.y + self.height, self.x:self.x + self.width].clone()
+
+
+@node("mask.resize", title="Resize Mask", category="image", version="1.0.0",
+      outputs=[Output("mask", MASK)])
+class ResizeMaskNode:
+    """Resize a mask to an exact size (e.g. to match an image)."""
+
+    mask = Input(MASK)
+    width = Input(INT, default=512, min=1, max=16384)
+    height = Input(INT, default=512, min=1, max=16384)
+    method = Input(STRING, default="nearest", choices=_METHODS)
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.images import resize_mask
+
+        return resize_mask(self.mask, int(self.width), int(self.height), self.method)
+
+
+@node("mask.invert", title="Invert Mask", category="image", version="1.0.0",
+      outputs=[Output("mask", MASK)])
+class InvertMaskNode:
+    """Swap what is repainted and what is kept."""
+
+    mask = Input(MASK)
+
+    def run(self, ctx: RunContext):
+        return 1.0 - self.mask

@@ -1,0 +1,207 @@
+"""Denoisers: the UNet's one-step prediction and classifier-free guidance on top of it.
+
+A denoiser is a callable; the sampler hands it the latents it has already passed through the
+scheduler's `scale_model_input`. The arithmetic and batching follow diffusers' pipelines exactly
+(unconditional and conditional rows in one UNet call, negative first) so the numbers agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nodes.lib.bundles import Conditioning, ModelBundle
+
+
+@dataclass(eq=False)
+class ImageConditioning:
+    """What some models need besides latents and text (the IMAGE_COND edge).
+
+    `concat`: channels appended to the scaled latents ([1 or B, k, h, w]): an inpainting model's
+    mask + masked-image latents, or the x4 upscaler's noised low-resolution image.
+    `class_labels`: the UNet's class labels (the x4 upscaler's noise level).
+    A seeded `concat` carries its random stream (nodes.lib.rng), which the sampler continues."""
+
+    concat: Any = None
+    class_labels: Any = None
+    kind: str = "inpaint"  # "inpaint" | "upscale_x4"
+
+    def __loom_cache_size__(self) -> int:
+        size = 0
+        for t in (self.concat, self.class_labels):
+            if t is not None:
+                size += t.numel() * t.element_size()
+        return size
+
+
+def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat a batch-1 (or batch-n/k) tensor up to n rows, keeping row order per block."""
+    if t.shape[0] == n:
+        return t
+    if n % t.shape[0]:
+        raise ValueError(f"cannot repeat a batch of {t.shape[0]} to {n}")
+    return t.repeat(n // t.shape[0], *([1] * (t.ndim - 1)))
+
+
+class UNetDenoiser:
+    """The model's raw prediction for latents x at timestep t under a list of conditionings.
+
+    x has len(conds) * B rows: rows [i*B, (i+1)*B) use conds[i]."""
+
+    guided = False
+
+    def __init__(self, model: ModelBundle):
+        self.model = model
+
+    def __loom_cache_size__(self) -> int:
+        return 0
+
+    @property
+    def unet(self) -> Any:
+        return self.model.unet
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def __call__(self, x: torch.Tensor, t: Any, conds: Sequence[Conditioning],
+                 negative: Sequence[bool] | None = None,
+                 image_cond: ImageConditioning | None = None,
+                 positive: Conditioning | None = None) -> torch.Tensor:
+        """`positive`: the prompt a negative conditioning without SDXL sizes borrows them from
+        (by default the first non-negative one in `conds`)."""
+        unet = self.unet
+        dtype = self.model.dtype or next(unet.parameters()).dtype
+        device = x.device
+        n_rows = x.shape[0]
+        k = len(conds)
+        if k == 0 or n_rows % k:
+            raise ValueError(f"{n_rows} latent rows cannot be split over {k} conditionings")
+        b = n_rows // k
+        negative = list(negative) if negative is not None else [False] * k
+
+        embeds = torch.cat([_repeat_rows(c.embeds, b) for c in conds]).to(device, dtype)
+        model_in = x.to(dtype)
+        if image_cond is not None and image_cond.concat is not None:
+            extra = _repeat_rows(image_cond.concat.to(device, dtype), n_rows)
+            model_in = torch.cat([model_in, extra], dim=1)
+        kwargs: dict[str, Any] = {}
+        if image_cond is not None and image_cond.class_labels is not None:
+            kwargs["class_labels"] = _repeat_rows(image_cond.class_labels.to(device), n_rows)
+        if getattr(unet.config, "addition_embed_type", None) == "text_time":
+            kwargs["added_cond_kwargs"] = self._sdxl_added(conds, negative, b, x, dtype,
+                                                           positive)
+        if model_in.shape[1] != self.in_channels:
+            raise ValueError(
+                f"the UNet takes {self.in_channels} input channels but got {model_in.shape[1]} "
+                f"(latents {x.shape[1]}"
+                + (f" + image conditioning {model_in.shape[1] - x.shape[1]}" if image_cond else "")
+                + "); an inpainting model needs Inpaint Conditioning connected to the sampler")
+        out = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
+        return out.to(x.dtype)
+
+    def _sdxl_added(self, conds: Sequence[Conditioning], negative: Sequence[bool], b: int,
+                    x: torch.Tensor, dtype: torch.dtype,
+                    positive: Conditioning | None = None) -> dict[str, torch.Tensor]:
+        pooled = []
+        ids = []
+        if positive is None:
+            positive = next((c for c, n in zip(conds, negative) if not n), None)
+        for cond, neg in zip(conds, negative):
+            if cond.pooled is None:
+                raise ValueError("this SDXL model needs pooled text embeddings; encode the prompt "
+                                 "with the SDXL checkpoint's CLIP")
+            pooled.append(_repeat_rows(cond.pooled, b))
+            tid = torch.tensor([self.time_ids(cond, neg, x.shape[-2], x.shape[-1],
+                                              cond.pooled.shape[-1], positive)], dtype=dtype)
+            ids.append(tid.repeat(b, 1))
+        return {"text_embeds": torch.cat(pooled).to(x.device, dtype),
+                "time_ids": torch.cat(ids).to(x.device)}
+
+    def time_ids(self, cond: Conditioning, negative: bool, h: int, w: int, pooled_dim: int,
+                 positive: Conditioning | None = None) -> list[float]:
+        """SDXL micro-conditioning, with diffusers' defaults for what the conditioning leaves out:
+        original and target size = the image size, crop (0, 0), aesthetic score 6.0 (2.5 for the
+        negative prompt) for the refiner. A negative conditioning without sizes takes the
+        positive one's, as the pipelines do (base: its crop too; refiner: crop (0, 0))."""
+        unet = self.unet
+        extra = dict(cond.extra or {})
+        n_ids = (unet.add_embedding.linear_1.in_features - pooled_dim) \
+            // unet.config.addition_time_embed_dim
+        refiner = n_ids == 5  # aesthetic score instead of the target size
+        if negative and positive is not None and positive is not cond:
+            inherit = ("original_size", "target_size") if refiner else \
+                ("original_size", "target_size", "crops_coords_top_left")
+            if not any(k in extra for k in inherit):
+                for k in inherit:
+                    if k in (positive.extra or {}):
+                        extra[k] = positive.extra[k]
+        size = (h * 8, w * 8)
+        original = tuple(extra.get("original_size") or size)
+        crop = tuple(extra.get("crops_coords_top_left") or (0, 0))
+        target = tuple(extra.get("target_size") or size)
+        if refiner:
+            score = extra.get("aesthetic_score", 2.5 if negative else 6.0)
+            return [*original, *crop, float(score)]
+        return [*original, *crop, *target]
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, "Common diffusion noise schedules ... are flawed" 3.4):
+    match the guided prediction's per-sample std to the conditional one's, mixed by `rescale`."""
+    dims = list(range(1, cond.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_guided)
+    return rescale * rescaled + (1 - rescale) * guided
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance: uncond + scale * (cond - uncond), optionally rescaled.
+
+    With scale <= 1 only the conditional prediction is computed (diffusers'
+    `do_classifier_free_guidance = guidance_scale > 1`)."""
+
+    guided = True
+
+    def __init__(self, denoiser: UNetDenoiser, positive: Conditioning,
+                 negative: Conditioning | None, scale: float, rescale: float = 0.0):
+        self.denoiser = denoiser
+        self.positive = positive
+        self.negative = negative
+        self.scale = float(scale)
+        self.rescale = float(rescale)
+
+    def __loom_cache_size__(self) -> int:
+        return 0
+
+    @property
+    def model(self) -> ModelBundle:
+        return self.denoiser.model
+
+    @property
+    def in_channels(self) -> int:
+        return self.denoiser.in_channels
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.scale > 1.0
+
+    def __call__(self, x: torch.Tensor, t: Any,
+                 image_cond: ImageConditioning | None = None) -> torch.Tensor:
+        if not self.do_cfg:
+            return self.denoiser(x, t, [self.positive], [False], image_cond)
+        if self.negative.embeds.shape[1:] == self.positive.embeds.shape[1:]:
+            x2 = torch.cat([x] * 2)
+            out = self.denoiser(x2, t, [self.negative, self.positive], [True, False], image_cond)
+            uncond, cond = out.chunk(2)
+        else:  # prompts of different lengths (more 77-token chunks): two UNet calls
+            uncond = self.denoiser(x, t, [self.negative], [True], image_cond, self.positive)
+            cond = self.denoiser(x, t, [self.positive], [False], image_cond)
+        guided = uncond + self.scale * (cond - uncond)
+        if self.rescale > 0.0:
+            guided = rescale_guidance(guided, cond, self.rescale)
+        return guided

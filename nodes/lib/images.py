@@ -1,0 +1,142 @@
+"""Conversions at the edges: files and PIL images <-> IMAGE / MASK tensors, and PNG writing."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def open_image(path: Path) -> Image.Image:
+    img = Image.open(path)
+    img = ImageOps.exif_transpose(img)
+    img.load()
+    return img
+
+
+def pil_to_image(img: Image.Image) -> torch.Tensor:
+    """PIL -> IMAGE [1, 3, H, W] float 0..1 (x / 255, as diffusers' image processor)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None]
+
+
+def alpha_mask(img: Image.Image) -> torch.Tensor | None:
+    """The transparent part of an image as a MASK (1 = repaint), or None without alpha."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+        return torch.from_numpy(1.0 - alpha)[None, None]
+    return None
+
+
+def channel_mask(img: Image.Image, channel: str) -> torch.Tensor:
+    """A MASK from one channel: "luminance" (white = repaint), "red"/"green"/"blue", or
+    "alpha" (transparent = repaint)."""
+    if channel == "alpha":
+        m = alpha_mask(img)
+        if m is None:
+            raise ValueError("the image has no alpha channel")
+        return m
+    if channel == "luminance":
+        arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    else:
+        arr = np.asarray(img.convert("RGB").getchannel(channel[0].upper()),
+                         dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy())[None, None]
+
+
+def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
+    """IMAGE -> list of H x W x 3 uint8 arrays (rounded like diffusers' numpy_to_pil)."""
+    arr = image.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return [(a * 255).round().astype(np.uint8) for a in arr]
+
+
+def resize_image(image: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+    """Resize each image of a batch with PIL's filters (on 8-bit would lose precision, so
+    resample the float data per channel in mode "F")."""
+    out = []
+    for img in image.detach().float().cpu():
+        chans = [Image.fromarray(c.numpy(), mode="F").resize((width, height), RESAMPLE[method])
+                 for c in img]
+        out.append(torch.from_numpy(np.stack([np.asarray(c) for c in chans])))
+    return torch.stack(out).clamp(0, 1)
+
+
+def resize_mask(mask: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+    out = []
+    for m in mask.detach().float().cpu():
+        r = Image.fromarray(m[0].numpy(), mode="F").resize((width, height), RESAMPLE[method])
+        out.append(torch.from_numpy(np.asarray(r).copy())[None])
+    return torch.stack(out).clamp(0, 1)
+
+
+_NAME = re.compile(r"^(?P<prefix>.+)_(?P<n>\d{5,})\.png$")
+
+
+def check_prefix(prefix: str) -> str | None:
+    """Why `prefix` could not be a plain file-name prefix inside the output folder, or None."""
+    if not prefix or not prefix.strip():
+        return "must not be empty"
+    if prefix in (".", "..") or ".." in prefix:
+        return f"{prefix!r} must not contain '..'"
+    if "/" in prefix or "\\" in prefix or os.path.isabs(prefix) or Path(prefix).name != prefix:
+        return f"{prefix!r} must be a plain file-name prefix, without folders"
+    if any(c in prefix for c in '\0:*?"<>|') or any(ord(c) < 32 for c in prefix):
+        return f"{prefix!r} contains characters not allowed in file names"
+    return None
+
+
+def save_png(arr: np.ndarray, out_dir: Path, prefix: str, text: dict[str, str]) -> Path:
+    """Write `arr` as `prefix_NNNNN.png` in `out_dir`, numbered after the highest existing one,
+    never replacing a file: the name is claimed with O_EXCL, the data written to a temp file
+    and moved over the claim."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    highest = 0
+    for entry in os.listdir(out_dir):
+        m = _NAME.match(entry)
+        if m and m.group("prefix") == prefix:
+            highest = max(highest, int(m.group("n")))
+    n = highest + 1
+    while True:
+        target = out_dir / f"{prefix}_{n:05d}.png"
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            n += 1
+            continue
+        os.close(fd)
+        break
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(arr).save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        for p in (tmp, target):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        raise
+    return target
+
+
+def as_pil(arr: Any) -> Image.Image:
+    return Image.fromarray(arr)

@@ -1,0 +1,138 @@
+"""The sampling loop: scheduler + guided denoiser + optional init latent, mask and image
+conditioning. Mirrors the denoising loops of diffusers' StableDiffusion(XL)(Img2Img|Inpaint)
+pipelines step for step, so a Loom graph gives the same numbers as the pipeline it imitates."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nodes.lib import rng
+from nodes.lib.denoise import ImageConditioning
+from nodes.lib.previews import latent_to_rgb
+from nodes.lib.schedules import SchedulerSpec, plan
+
+
+class SamplerInputError(ValueError):
+    """A bad combination of sampler inputs; `input` names the culprit."""
+
+    def __init__(self, input: str, message: str):
+        self.input = input
+        super().__init__(message)
+
+
+@dataclass
+class Hooks:
+    progress: Callable[[int, int, Any], None] = lambda i, n, p: None
+    check_cancelled: Callable[[], None] = lambda: None
+    preview: bool = True
+
+
+def latent_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """An image-resolution MASK as the blend mask at latent resolution: binarised at 0.5 and
+    resized with nearest neighbours (diffusers' mask processor + F.interpolate)."""
+    m = mask.float()
+    if m.ndim == 3:
+        m = m[:, None]
+    m = (m >= 0.5).to(m.dtype)
+    return F.interpolate(m, size=(h, w))
+
+
+def _step_kwargs(scheduler: Any, gen: torch.Generator, eta: float) -> dict[str, Any]:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = gen
+    return kwargs
+
+
+@torch.no_grad()
+def sample(denoiser: Any, spec: SchedulerSpec, noise: torch.Tensor | None,
+           init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+           image_cond: ImageConditioning | None = None, hooks: Hooks | None = None,
+           family: str = "sd1") -> torch.Tensor:
+    hooks = hooks or Hooks()
+    model = denoiser.model
+    device = torch.device(model.device) if model.device is not None else torch.device("cpu")
+
+    if noise is None and init is None:
+        raise SamplerInputError("noise", "connect a Latent Noise (or an init latent with a "
+                                "scheduler start > 0)")
+    if init is None and spec.strength < 1.0:
+        raise SamplerInputError("init", f"strength {spec.strength} < 1 needs an init latent "
+                                "(VAE Encode of the image to change)")
+    if init is None and spec.uses_start:
+        raise SamplerInputError("init", "a scheduler start > 0 continues an init latent "
+                                "(e.g. the base model's output); connect one")
+    if noise is None and not spec.uses_start:
+        raise SamplerInputError("noise", "connect a Latent Noise")
+
+    # the random stream for the steps of stochastic schedulers continues the last seeded draw
+    gen = (rng.continue_from(image_cond.concat) if image_cond is not None
+           and image_cond.concat is not None else None)
+    for source in (noise, init):
+        if gen is None and source is not None:
+            gen = rng.continue_from(source)
+    if gen is None:
+        gen = rng.generator(0)
+
+    ref = noise if noise is not None else init
+    batch = ref.shape[0]
+    if noise is not None:
+        noise = noise.to(device, torch.float32)
+    if init is not None:
+        init = init.to(device, torch.float32)
+        if noise is not None and init.shape[1:] != noise.shape[1:]:
+            raise SamplerInputError("init", f"init latent {tuple(init.shape[1:])} and noise "
+                                    f"{tuple(noise.shape[1:])} differ in size; make the noise "
+                                    "the size of the image")
+        if init.shape[0] != batch:
+            if batch % init.shape[0]:
+                raise SamplerInputError("init", f"a batch of {init.shape[0]} init latents cannot "
+                                        f"be spread over {batch} noise latents")
+            init = torch.cat([init] * (batch // init.shape[0]))
+
+    p = plan(spec, device, has_init=init is not None)
+    sched, timesteps = p.scheduler, p.timesteps
+    in_channels = denoiser.in_channels
+    channels = ref.shape[1]
+    blend = mask is not None and in_channels == channels
+    if blend and init is None:
+        raise SamplerInputError("init", "blending a mask needs the init latent of the image "
+                                "(VAE Encode)")
+    if mask is not None and not blend and image_cond is None:
+        raise SamplerInputError("mask", f"this model takes {in_channels} input channels; connect "
+                                "Inpaint Conditioning (image_cond) instead of a mask")
+    m = latent_mask(mask, ref.shape[-2], ref.shape[-1]).to(device) if blend else None
+
+    if p.from_init and p.add_noise:
+        if mask is not None and spec.strength >= 1.0:
+            latents = noise * sched.init_noise_sigma  # inpainting at full strength: pure noise
+        else:
+            latents = sched.add_noise(init, noise, timesteps[:1].repeat(batch))
+    elif p.from_init:
+        latents = init
+    else:
+        latents = noise * sched.init_noise_sigma
+
+    kwargs = _step_kwargs(sched, gen, spec.eta)
+    n = len(timesteps)
+    for i, t in enumerate(timesteps):
+        hooks.check_cancelled()
+        x_in = sched.scale_model_input(latents, t)
+        pred = denoiser(x_in, t, image_cond)
+        latents = sched.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        if blend:
+            known = init
+            if i < n - 1:
+                known = sched.add_noise(init, noise, torch.tensor([timesteps[i + 1]]))
+            latents = (1 - m) * known + m * latents
+        hooks.progress(i + 1, n, latent_to_rgb(latents, family) if hooks.preview else None)
+    return latents

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny random-weight diffusion models and checkpoint layout converters."""

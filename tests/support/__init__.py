@@ -1,0 +1,1 @@
+"""Helpers shared by the engine tests (pure Python: no torch, no Qt)."""
