@@ -2,7 +2,8 @@
 
     python main.py                      open the editor with the default workflow
     python main.py FILE                 open a workflow (.json, or a .png that carries one)
-    python main.py run [WORKFLOW] [--set ID.INPUT=VALUE ...] [--out DIR] [--device auto|cpu|cuda|mps]
+    python main.py run [WORKFLOW] [--set ID.INPUT=VALUE ...] [--out DIR]
+                       [--device auto|cpu|cuda|mps]
     python main.py nodes [--json]       list the node catalogue
 """
 
@@ -116,7 +117,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     for spec in registry:
-        print(f"{spec.type_id}  ({spec.title}, v{spec.version}) -- {spec.description.splitlines()[0] if spec.description else ''}")
+        summary = spec.description.splitlines()[0] if spec.description else ""
+        print(f"{spec.type_id}  ({spec.title}, v{spec.version}) -- {summary}")
         for inp in spec.inputs.values():
             extra = []
             if inp.has_default:
@@ -143,10 +145,12 @@ def cmd_editor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="Loom: node-graph diffusion editor")
+    parser = argparse.ArgumentParser(prog="main.py",
+                                     description="Loom: node-graph diffusion editor")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="render a workflow headless")
-    run.add_argument("workflow", nargs="?", help="workflow .json or .png (default: the bundled one)")
+    run.add_argument("workflow", nargs="?",
+                     help="workflow .json or .png (default: the bundled one)")
     run.add_argument("--set", action="append", metavar="ID.INPUT=VALUE",
                      help="override a node's input value (repeatable)")
     run.add_argument("--out", default="out", help="output folder (default: out)")

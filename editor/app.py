@@ -72,6 +72,27 @@ def offer_recovery(window: Any, answer: str | None = None) -> bool:
     return restored
 
 
+def _exec(app: Any) -> int:
+    """Runs Qt's event loop as an asyncio loop (qasync), so runs are awaited, not polled."""
+    try:
+        import asyncio
+
+        import qasync
+    except ImportError:  # the editor still works on plain Qt signals
+        return app.exec()
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    quit_event = asyncio.Event()
+    app.aboutToQuit.connect(quit_event.set)
+    with loop:
+        try:
+            loop.run_until_complete(quit_event.wait())
+        except RuntimeError:  # Qt's loop ended (app.exit) before the coroutine saw it
+            pass
+    asyncio.set_event_loop(None)
+    return 0
+
+
 def main(file: str | None = None, screenshot: str | None = None, session: Any = None,
          argv: list[str] | None = None) -> int:
     os.environ.setdefault("QT_AUTO_SCREEN_SCALE_FACTOR", "1")
@@ -136,7 +157,7 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
         app.exit(status["code"])
 
     QTimer.singleShot(0, finish_startup)
-    code = app.exec()
+    code = _exec(app)
     if window.runner is not None and window.runner.busy:
         window.runner.cancel()
     return status["code"] if screenshot else code

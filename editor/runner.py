@@ -1,8 +1,12 @@
-"""The bridge between the engine's worker thread and the GUI: executor events become Qt
-signals delivered on the GUI thread (queued), so the window never blocks while a graph runs."""
+"""The bridge between the engine's worker thread and the GUI, so the window never blocks while a
+graph runs. Per-node events (status, progress, previews) become Qt signals delivered on the GUI
+thread (queued). The end of a run is awaited: when the editor runs on qasync's event loop (as
+`python main.py` does) a coroutine awaits the engine's run handle and reports the result; with no
+asyncio loop running (tests, embedding) the engine's final event is relayed instead."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,34 @@ class RunController(QObject):
         options = self.session.options(graph, output_dir, self.device)
         self.handle = self.session.executor.submit(graph, outputs, options, self._relay.emit)
         self.busy_changed.emit(True)
+        self._awaiting = self._start_watch(self.handle)
         return self.handle
+
+    _awaiting: asyncio.Future | None = None
+
+    def _start_watch(self, handle: RunHandle) -> asyncio.Future | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            try:
+                loop = asyncio.get_event_loop_policy().get_event_loop()
+            except RuntimeError:
+                return None
+            if not loop.is_running():
+                return None
+        return asyncio.ensure_future(self._watch(handle), loop=loop)
+
+    async def _watch(self, handle: RunHandle) -> None:
+        result = await handle
+        self._finish(result)
+
+    def _finish(self, result: Any) -> None:
+        # the relayed final event and the awaited handle may both arrive: report once
+        if getattr(result, "run_id", None) == getattr(self, "_reported", None):
+            return
+        self._reported = result.run_id
+        self.finished.emit(result)
+        self.busy_changed.emit(False)
 
     def cancel(self) -> None:
         if self.handle is not None:
@@ -52,8 +83,8 @@ class RunController(QObject):
         elif isinstance(event, RunStarted):
             self.started.emit(event)
         elif isinstance(event, RunFinished):
-            self.finished.emit(event.result)
-            self.busy_changed.emit(False)
+            if self._awaiting is None:
+                self._finish(event.result)
 
     def cache_summary(self) -> str:
         stats = self.session.cache.stats()

@@ -34,7 +34,8 @@ def _split_target(target: str) -> tuple[str, str]:
     node_id, sep, input_name = target.partition(".")
     if not sep or not node_id or not input_name:
         raise OverrideError([Problem("bad_override",
-                                     f"'{target}' must be written NODE_ID.INPUT (e.g. prompt.text)")])
+                                     f"'{target}' must be written NODE_ID.INPUT "
+                                     "(e.g. prompt.text)")])
     return node_id, input_name
 
 

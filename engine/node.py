@@ -250,7 +250,8 @@ def node(
     description: str | None = None,
     migrations: dict[str, tuple[str, Migration]] | None = None,
 ) -> Callable[[type], type]:
-    """Class decorator declaring a node type; the registry picks it up when it imports the module."""
+    """Class decorator declaring a node type; the registry picks it up when it imports the
+    module."""
     if not isinstance(type_id, str) or not _TYPE_ID.fullmatch(type_id):
         raise ValueError(f"node type id must look like 'family.name', got {type_id!r}")
     parse_semver(version)

@@ -33,7 +33,8 @@ class TypeRegistry:
     types: dict[str, SocketType] = field(default_factory=dict)
 
     def register(
-        self, name: str, color: str = "#9aa0a6", parents: tuple[str, ...] = (), description: str = ""
+        self, name: str, color: str = "#9aa0a6", parents: tuple[str, ...] = (),
+        description: str = ""
     ) -> SocketType:
         existing = self.types.get(name)
         if existing is not None and (existing.parents, existing.color) != (tuple(parents), color):

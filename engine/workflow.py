@@ -57,7 +57,8 @@ def _migrate_0_to_1(doc: dict[str, Any]) -> dict[str, Any]:
             entry["ui"]["pos"] = n["pos"]
         nodes[n["id"]] = entry
     for i, link in enumerate(doc.get("links") or []):
-        if not (isinstance(link, list) and len(link) == 4 and all(isinstance(x, str) for x in link)):
+        if not (isinstance(link, list) and len(link) == 4
+                and all(isinstance(x, str) for x in link)):
             raise WorkflowError("a link must be [src, output, dst, input]", where=f"links[{i}]")
         src, out, dst, inp = link
         if dst not in nodes:

@@ -183,3 +183,35 @@ def test_default_workflow_runs_and_shows_an_image(qtbot, isolated):
     qtbot.waitUntil(lambda: _finished(w), timeout=300_000)
     assert w._last_result.ok, w._last_result.errors
     assert w.viewer.current is not None and w.viewer.current.image.width() >= 32
+
+
+def test_on_the_qasync_loop_a_run_is_awaited_and_reported_once(window, qtbot):
+    """`python main.py` runs Qt on qasync's asyncio loop: the runner awaits the engine's run
+    handle there, the GUI stays live, and the result arrives exactly once."""
+    import asyncio
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    g = add(window, "edtest.gradient", 0, 0)
+    s = add(window, "edtest.show", 300, 0)
+    wire(window, g, "image", s, "image")
+    finished = []
+    window.runner.finished.connect(finished.append)
+    loop = qasync.QEventLoop(QApplication.instance(), already_running=False)
+    asyncio.set_event_loop(loop)
+    try:
+        async def go():
+            assert window.run()
+            watch = window.runner._awaiting
+            assert watch is not None  # awaited on the loop, not only relayed
+            await watch
+            await asyncio.sleep(0.05)  # the relayed final event must not report it again
+
+        loop.run_until_complete(go())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert len(finished) == 1 and finished[0].ok
+    assert window.node_item(s).state == "done"
+    assert window.viewer.current is not None

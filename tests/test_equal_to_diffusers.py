@@ -111,7 +111,7 @@ def run_loom(sess, tmp_path: Path, nodes: dict) -> torch.Tensor:
     tmp_path.mkdir(parents=True, exist_ok=True)
     wf = fx.write_workflow(tmp_path / "workflow.json", nodes)
     graph = sess.load(wf)
-    result = sess.run(graph, output_dir=tmp_path / "out")
+    result = sess.run(graph, output_dir=tmp_path / "out", device="cpu")
     assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
     assert len(result.files) == 1
     return result.output("decode", "image")

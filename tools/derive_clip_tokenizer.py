@@ -18,7 +18,8 @@ N_MERGES = 49152 - 256 - 2
 
 
 def byte_symbols() -> list[str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode mapping, in byte order of the vocabulary."""
+    """GPT-2/CLIP's reversible byte -> printable unicode mapping, in byte order of the
+    vocabulary."""
     printable = (
         list(range(ord("!"), ord("~") + 1))
         + list(range(ord("¡"), ord("¬") + 1))

@@ -1,0 +1,199 @@
+"""Stable Diffusion nodes vs the diffusers pipeline, on the same weights, seed and steps.
+
+    python benchmarks/bench_sd.py [--model PATH] [--steps 20] [--pairs 8]
+
+Default weights: Loom's built-in model (an SD-format diffusers folder, 64×64). Any SD 1.x
+diffusers folder works with --model (use --size 512 for real checkpoints). CPU, fp32.
+
+Prints, measured in this one run:
+  1. time of one image: the Loom graph (result cache cleared before each run, so every node
+     runs, as the pipeline does) vs StableDiffusionPipeline, alternating, medians; the ratio
+     (goal ≤ 1.01), and the largest pixel difference of the two images (they should agree);
+  2. text-encoder and UNet calls, and time, for: a re-run after changing only the seed (goal:
+     0 text-encoder calls), a re-run with nothing changed (goal: 0 model calls, under 20 ms),
+     a 4-seed sweep (goal: the prompts encoded once, not four times);
+  3. peak resident memory of one image, Loom vs pipeline, each in a fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BUILTIN = ROOT / "resources" / "models" / "loom-shapes"
+PROMPT = "a yellow star on a blue background"
+SCALE = 5.0
+SEED = 42
+
+
+class Calls:
+    """Counts forward calls of the text encoder and UNet classes (both Loom's and diffusers')."""
+
+    def __init__(self):
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+        self.counts = {"text_encoder": 0, "unet": 0}
+        for name, cls in (("text_encoder", CLIPTextModel), ("unet", UNet2DConditionModel)):
+            original = cls.forward
+
+            def counted(module, *a, _orig=original, _name=name, **k):
+                self.counts[_name] += 1
+                return _orig(module, *a, **k)
+            cls.forward = counted
+
+    @contextmanager
+    def measure(self, into: dict):
+        before = dict(self.counts)
+        t = time.perf_counter()
+        yield
+        into["seconds"] = time.perf_counter() - t
+        into.update({k: self.counts[k] - before[k] for k in self.counts})
+
+
+def loom_session(model: Path, steps: int, size: int):
+    from engine.api import DEFAULT_WORKFLOW, Session
+    s = Session()
+    g = s.load(DEFAULT_WORKFLOW)
+    for target, value in (("checkpoint.path", str(model)), ("prompt.text", PROMPT),
+                          ("negative.text", ""), ("noise.seed", SEED), ("noise.batch", 1),
+                          ("noise.width", size), ("noise.height", size),
+                          ("scheduler.name", "euler"), ("scheduler.steps", steps),
+                          ("cfg.scale", SCALE)):
+        s.set(g, target, value)
+    return s, g
+
+
+def loom_image(s, g):
+    res = s.run(g, outputs=["decode"], device="cpu")
+    if not res.ok:
+        raise SystemExit(f"Loom run failed: {res.errors}")
+    return res.outputs["decode"]["image"]
+
+
+def pipeline(model: Path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from nodes.lib.schedules import SchedulerSpec
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False,
+        local_files_only=True)
+    pipe.scheduler = SchedulerSpec("euler", dict(pipe.scheduler.config), 1).build()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_image(pipe, steps: int, size: int, seed: int = SEED):
+    import torch
+    out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=SCALE,
+               height=size, width=size, generator=torch.Generator("cpu").manual_seed(seed),
+               output_type="np").images
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def peak_rss(which: str, model: Path, steps: int, size: int) -> float:
+    """MiB of peak resident memory of a fresh process that renders one image."""
+    out = subprocess.run([sys.executable, __file__, "--rss-child", which, "--model", str(model),
+                          "--steps", str(steps), "--size", str(size)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def rss_child(which: str, model: Path, steps: int, size: int) -> None:
+    if which == "loom":
+        s, g = loom_session(model, steps, size)
+        loom_image(s, g)
+    else:
+        pipeline_image(pipeline(model), steps, size)
+    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", type=Path, default=BUILTIN)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--rss-child", choices=["loom", "pipeline"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    import torch
+    if a.rss_child:
+        rss_child(a.rss_child, a.model, a.steps, a.size)
+        return 0
+    calls = Calls()
+    s, g = loom_session(a.model, a.steps, a.size)
+    pipe = pipeline(a.model)
+    print(f"model {a.model} | {a.size}x{a.size}, {a.steps} Euler steps, guidance {SCALE}, "
+          f"CPU fp32, {torch.get_num_threads()} threads")
+
+    # 1. one image, alternating; Loom's result cache cleared so that every node runs
+    loom_image(s, g)
+    pipeline_image(pipe, a.steps, a.size)          # warm-up both
+    loom_t, pipe_t = [], []
+    for _ in range(a.pairs):
+        s.cache.clear()
+        t = time.perf_counter()
+        li = loom_image(s, g)
+        loom_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        pi = pipeline_image(pipe, a.steps, a.size)
+        pipe_t.append(time.perf_counter() - t)
+    lm, pm = statistics.median(loom_t), statistics.median(pipe_t)
+    diff = (li.float() - pi.float()).abs().max().item()
+    print(f"\n1. one image, every node run (median of {a.pairs} alternating pairs)")
+    print(f"   Loom graph {lm * 1000:8.1f} ms | diffusers pipeline {pm * 1000:8.1f} ms | "
+          f"ratio {lm / pm:.3f} (goal <= 1.01) | max pixel difference {diff:.2e}")
+
+    # 2. re-runs through the cache
+    print("\n2. re-runs (text-encoder calls / UNet calls / time)")
+    s.cache.clear()
+    loom_image(s, g)
+    rows = []
+    seed_change: dict = {}
+    s.set(g, "noise.seed", SEED + 1)
+    with calls.measure(seed_change):
+        loom_image(s, g)
+    rows.append(("change only the seed", seed_change, "goal: 0 text-encoder calls"))
+    nothing: dict = {}
+    with calls.measure(nothing):
+        loom_image(s, g)
+    rows.append(("nothing changed", nothing, "goal: 0 model calls, < 20 ms"))
+    s.cache.clear()
+    sweep: dict = {}
+    with calls.measure(sweep):
+        for seed in range(100, 104):
+            s.set(g, "noise.seed", seed)
+            loom_image(s, g)
+    rows.append(("4-seed sweep (cache cleared first)", sweep,
+                 "goal: prompts encoded once (2 calls: prompt + negative)"))
+    pipe_sweep: dict = {}
+    with calls.measure(pipe_sweep):
+        for seed in range(100, 104):
+            pipeline_image(pipe, a.steps, a.size, seed)
+    rows.append(("4-seed sweep, diffusers pipeline", pipe_sweep, "for comparison"))
+    for name, r, goal in rows:
+        print(f"   {name:<38} {r['text_encoder']:>3} / {r['unet']:>4} / "
+              f"{r['seconds'] * 1000:8.1f} ms   ({goal})")
+
+    # 3. memory
+    lr, pr = peak_rss("loom", a.model, a.steps, a.size), peak_rss("pipeline", a.model,
+                                                                   a.steps, a.size)
+    print("\n3. peak resident memory of one image in a fresh process")
+    print(f"   Loom {lr:.0f} MiB | pipeline {pr:.0f} MiB | ratio {lr / pr:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The built-in model: its files, the main job, and what its images show.
+
+These tests render with the committed model (resources/models/loom-shapes) on the CPU with fixed
+seeds, and read the images back with the shapes analyser, so they check content, not shapes of
+tensors. The thresholds are below what the model measures (see the evaluation in the README)
+and far above what an untrained or broken model gives.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch = pytest.importorskip("torch")
+
+from engine.paths import PROJECT_ROOT  # noqa: E402
+from tools.builtin import evaluate, shapes  # noqa: E402
+
+MODEL = PROJECT_ROOT / "resources" / "models" / "loom-shapes"
+WORKFLOWS = PROJECT_ROOT / "resources" / "workflows"
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return evaluate.Renderer(device="cpu")
+
+
+def test_model_folder_is_small_fp16_safetensors_in_sd_layout():
+    from safetensors import safe_open
+    files = [f for f in MODEL.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 40 * 1024 * 1024
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".ckpt", ".pt")]
+    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder"}
+    for f in weights:
+        assert f.suffix == ".safetensors"
+        with safe_open(str(f), "pt") as st:
+            dtypes = {st.get_slice(k).get_dtype() for k in st.keys()}
+        assert dtypes == {"F16"}, (f, dtypes)
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["_loom_family"] == "loom_builtin"
+    vae = json.loads((MODEL / "vae" / "config.json").read_text())
+    assert vae["latent_channels"] == 4 and len(vae["block_out_channels"]) == 4  # 8× down
+
+
+def test_checkpoint_node_loads_it_as_the_builtin_family():
+    from nodes.lib.checkpoints import inspect_checkpoint
+    info = inspect_checkpoint(MODEL)
+    assert info.family == "loom_builtin" and info.prediction == "epsilon"
+
+
+def test_main_job_writes_the_prompted_images(tmp_path):
+    """The README's main job: a yellow star on a blue background, four images."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "main.py"), "run", "--set",
+         "prompt.text=a yellow star on a blue background", "--out", str(tmp_path),
+         "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    paths = [Path(line) for line in proc.stdout.split()]
+    assert len(paths) == 4 and all(p.is_file() and p.parent == tmp_path for p in paths)
+    from PIL import Image
+    found = [shapes.analyse(Image.open(p)) for p in paths]
+    assert all(Image.open(p).size == (64, 64) for p in paths)
+    assert sum(a.background == "blue" for a in found) >= 3, found
+    assert sum(a.colour == "yellow" for a in found) >= 3, found
+    assert sum(a.shape == "star" for a in found) >= 2, found
+
+
+def test_same_seed_same_pixels_other_seed_other_picture(renderer):
+    a = renderer.images("a large red circle on a white background", seed=5)[0]
+    b = renderer.images("a large red circle on a white background", seed=5)[0]
+    c = renderer.images("a large red circle on a white background", seed=6)[0]
+    assert np.array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).max() > 30
+
+
+PROMPTS = ["a large red circle on the left on a white background",
+           "a large blue square at the top on a yellow background",
+           "a small yellow star in the center on a black background",
+           "a large green triangle at the bottom right on a pink background",
+           "a large white star at the top left on a purple background",
+           "a small black square on the right on a orange background"]
+
+
+def test_guidance_makes_images_follow_the_prompt(renderer):
+    """Classifier-free guidance (scale 5) beats no guidance (scale 1) on every measure."""
+    seeds = [1, 2]
+    strong = evaluate.score_prompts(renderer, PROMPTS, seeds, 5.0)
+    weak = evaluate.score_prompts(renderer, PROMPTS, seeds, 1.0)
+    assert strong["colour"] >= 0.8 and strong["background"] >= 0.8, strong
+    assert sum(strong.values()) > sum(weak.values()) + 0.4, (strong, weak)
+
+
+def test_negative_prompt_red_makes_red_circles_rarer(renderer):
+    seeds = list(range(1, 13))
+    plain = evaluate.red_rate(renderer, seeds, negative="")
+    against = evaluate.red_rate(renderer, seeds, negative="red")
+    assert against < plain, (plain, against)
+    assert against <= 0.05, against
+
+
+def test_inpaint_blend_puts_the_shape_in_the_mask_and_keeps_the_rest():
+    result = evaluate.inpaint_check(None, seeds=[1, 2, 3, 4])
+    assert result["unmasked_change"] < 12.0, result
+    assert result["yellow_in_mask"] >= 0.75, result
+
+
+@pytest.mark.parametrize("name", ["negative_prompt", "img2img", "inpaint", "upscale",
+                                  "seed_sweep"])
+def test_builtin_example_workflows_render(name, tmp_path):
+    from engine.api import Session
+    s = Session()
+    g = s.load(WORKFLOWS / "builtin" / f"{name}.json")
+    result = s.run(g, output_dir=tmp_path, device="cpu")
+    assert result.ok, result.errors
+    files = [Path(f) for f in result.files]
+    assert files and all(f.is_file() for f in files)
+    from PIL import Image
+    expected = {"upscale": (256, 256)}.get(name, (64, 64))
+    assert all(Image.open(f).size == expected for f in files)
+    if name == "seed_sweep":
+        assert len(files) == 4
+        assert result.status["prompt"] in ("done", "cached")

@@ -1,0 +1,375 @@
+"""Trains Loom's built-in text-to-image model from scratch on the procedural shapes data set.
+
+    python -m tools.builtin.train                 # everything: data, VAE, latents, UNet, export
+    python -m tools.builtin.train --stage unet    # one stage (the earlier ones' files must exist)
+
+Stages and their files (under --work, default build/builtin/):
+  vae     an AutoencoderKL (8× down, 4 latent channels) on freshly drawn images  → vae.safetensors
+  latents draws the fixed training set and encodes it once                     → latents.npz
+  decoder the VAE decoder fine-tuned, encoder frozen (may run beside unet)   → vae_tuned.safetensors
+  unet    UNet2DConditionModel + CLIPTextModel trained together, captions dropped
+          for 15 % of examples (classifier-free guidance)                       → unet.safetensors,
+                                                                                  text.safetensors
+  export  the diffusers folder, fp16 safetensors                                → --out
+          (default resources/models/loom-shapes)
+
+Seeded and deterministic on the CPU for a given torch build and thread count. On a 2-core CPU
+the defaults take about 80 minutes in all; --quick trains a throwaway model in a few minutes
+(to check the pipeline end to end, not to use).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tools.builtin import shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER_DIR = ROOT / "resources" / "tokenizers" / "clip"
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4,
+    norm_num_groups=8, sample_size=64, act_fn="silu",
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
+    hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[64, 128, 128], layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=8, norm_num_groups=32,
+)
+SCHEDULER_CONFIG = dict(
+    _class_name="EulerDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085,
+    beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
+    timestep_spacing="leading", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+)
+CAPTION_DROP = 0.15
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def save_tensors(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_tensors(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+    module.load_state_dict(load_file(str(path)))
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def make_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def make_tokenizer():
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"))
+
+
+# ------------------------------------------------------------------------------------ VAE
+
+def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
+    seed_all(seed)
+    vae = make_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    rng = random.Random(seed)
+    t0, avg = time.time(), None
+    log(f"[vae] {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
+        f"{steps} steps of {batch}")
+    for step in range(steps):
+        imgs, covers = zip(*(shapes.render(shapes.random_scene(rng)) for _ in range(batch)))
+        x = to_tensor(np.stack(imgs))
+        cover = torch.from_numpy(np.stack(covers)).unsqueeze(1)
+        # Shapes are ~5 % of the pixels: weight them up so the decoder draws them sharply,
+        # but not so much that the flat background drifts.
+        weight = 1.0 + 4.0 * cover
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 1e-3, 200, 2e-5)
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        err = recon - x
+        loss = (weight * err.abs()).mean() / weight.mean() + 0.5 * (err ** 2).mean() \
+            + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"[vae] step {step + 1}/{steps} loss {avg:.4f} "
+                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
+        if step % 1000 == 999:
+            save_tensors(vae, work / "vae.safetensors")
+    save_tensors(vae, work / "vae.safetensors")
+
+
+def train_decoder(work: Path, steps: int, batch: int, seed: int) -> None:
+    """Fine-tunes the VAE decoder with the encoder frozen: the latent space (and so the UNet
+    trained on it) stays valid while the decoder learns to draw edges and small shapes sharply.
+    Can run at the same time as the UNet stage."""
+    seed_all(seed + 7)
+    vae = make_vae()
+    load_tensors(vae, work / "vae.safetensors")
+    vae.eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    train_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in train_params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    opt = torch.optim.AdamW(train_params, lr=4e-4, weight_decay=0.0)
+    rng = random.Random(seed + 7)
+    t0, avg = time.time(), None
+    log(f"[decoder] {sum(p.numel() for p in train_params) / 1e6:.2f} M parameters, "
+        f"{steps} steps of {batch}")
+    for step in range(steps):
+        imgs, covers = zip(*(shapes.render(shapes.random_scene(rng)) for _ in range(batch)))
+        x = to_tensor(np.stack(imgs))
+        cover = torch.from_numpy(np.stack(covers)).unsqueeze(1)
+        weight = 1.0 + 8.0 * cover
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            z = z + 0.02 * torch.randn_like(z) * z.std()   # the UNet's latents are not exact
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 4e-4, 100, 1e-5)
+        err = vae.decode(z).sample - x
+        loss = (weight * err.abs()).mean() / weight.mean() + 0.5 * (err ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
+        opt.step()
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"[decoder] step {step + 1}/{steps} loss {avg:.4f} "
+                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
+        if step % 1000 == 999 or step == steps - 1:
+            save_tensors(vae, work / "vae_tuned.safetensors")
+
+
+# -------------------------------------------------------------------------------- latents
+
+def encode_latents(work: Path, n: int, seed: int) -> None:
+    seed_all(seed)
+    vae = make_vae().eval()
+    load_tensors(vae, work / "vae.safetensors")
+    t0 = time.time()
+    images, _, captions = shapes.make_dataset(n, seed + 1)
+    log(f"[latents] drew {n} images in {time.time() - t0:.0f} s")
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            out.append(vae.encode(to_tensor(images[i:i + 256])).latent_dist.mean)
+    lat = torch.cat(out)
+    std = float(lat.std())
+    log(f"[latents] encoded in {time.time() - t0:.0f} s; latent std {std:.4f}, "
+        f"mean {float(lat.mean()):.4f}")
+    np.savez(work / "latents.npz", latents=lat.numpy().astype(np.float32),
+             captions=np.array(captions), scaling_factor=np.float32(1.0 / std))
+
+
+# ----------------------------------------------------------------------------------- UNet
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_unet(work: Path, steps: int, batch: int, seed: int) -> None:
+    from diffusers import DDPMScheduler
+    seed_all(seed)
+    data = np.load(work / "latents.npz")
+    latents = torch.from_numpy(data["latents"]) * float(data["scaling_factor"])
+    captions = [str(c) for c in data["captions"]]
+    tokenizer = make_tokenizer()
+    ids_all = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])[0]
+    text, unet = make_text().train(), make_unet().train()
+    params = list(unet.parameters()) + list(text.parameters())
+    log(f"[unet] UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, text "
+        f"{sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; "
+        f"{len(captions)} examples, {steps} steps of {batch}")
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", prediction_type="epsilon")
+    gen = torch.Generator().manual_seed(seed)
+    t0, avg = time.time(), None
+    n = latents.shape[0]
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x0 = latents[idx]
+        ids = ids_all[idx].clone()
+        drop = torch.rand(batch, generator=gen) < CAPTION_DROP
+        ids[drop] = empty_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        xt = sched.add_noise(x0, noise, t)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 1e-3, 300, 1e-5)
+        cond = text(ids).last_hidden_state
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        avg = loss.item() if avg is None else 0.99 * avg + 0.01 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"[unet] step {step + 1}/{steps} loss {avg:.4f} "
+                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
+        if step % 1000 == 999:
+            save_tensors(unet, work / "unet.safetensors")
+            save_tensors(text, work / "text.safetensors")
+    save_tensors(unet, work / "unet.safetensors")
+    save_tensors(text, work / "text.safetensors")
+
+
+# --------------------------------------------------------------------------------- export
+
+def export(work: Path, out: Path) -> None:
+    """Writes the diffusers folder (fp16 safetensors) atomically: a temp folder, then a swap."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    data = np.load(work / "latents.npz")
+    scaling = float(data["scaling_factor"])
+    vae, text, unet = make_vae(), make_text(), make_unet()
+    tuned = work / "vae_tuned.safetensors"
+    load_tensors(vae, tuned if tuned.is_file() else work / "vae.safetensors")
+    load_tensors(text, work / "text.safetensors")
+    load_tensors(unet, work / "unet.safetensors")
+    vae.register_to_config(scaling_factor=scaling)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in (("vae", vae), ("text_encoder", text), ("unet", unet)):
+        model.to(torch.float16).save_pretrained(tmp / name, safe_serialization=True)
+    tok = tmp / "tokenizer"
+    tok.mkdir()
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(TOKENIZER_DIR / f, tok / f)
+    (tok / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "do_lower_case": True}, indent=2))
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    (tmp / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "_loom_family": "loom_builtin",
+        "_loom_about": "Loom's built-in 64x64 shapes model, trained by tools/builtin/train.py",
+        "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+    # unused for loading, kept for sanity: the models round-trip through diffusers' loaders
+    AutoencoderKL.from_pretrained(tmp / "vae")
+    UNet2DConditionModel.from_pretrained(tmp / "unet")
+    CLIPTextModel.from_pretrained(tmp / "text_encoder")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.replace(old)
+        tmp.replace(out)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"[export] wrote {out} ({size / 1e6:.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--stage", default="all", choices=["all", "vae", "latents", "unet", "decoder",
+                                                      "export"])
+    p.add_argument("--work", type=Path, default=ROOT / "build" / "builtin")
+    p.add_argument("--out", type=Path, default=ROOT / "resources" / "models" / "loom-shapes")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--decoder-steps", type=int, default=2000)
+    p.add_argument("--examples", type=int, default=60000)
+    p.add_argument("--unet-steps", type=int, default=7000)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--quick", action="store_true", help="a few minutes, for checking the script")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.vae_steps, a.examples, a.unet_steps, a.decoder_steps = 60, 2000, 60, 30
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)   # tiny weights/gradients otherwise slow the CPU math down
+    a.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    stages = ["vae", "latents", "unet", "decoder", "export"] if a.stage == "all" else [a.stage]
+    for stage in stages:
+        if stage == "vae":
+            train_vae(a.work, a.vae_steps, a.vae_batch, a.seed)
+        elif stage == "latents":
+            encode_latents(a.work, a.examples, a.seed)
+        elif stage == "unet":
+            train_unet(a.work, a.unet_steps, a.unet_batch, a.seed)
+        elif stage == "decoder":
+            train_decoder(a.work, a.decoder_steps, a.vae_batch, a.seed)
+        else:
+            export(a.work, a.out)
+    log(f"done in {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
