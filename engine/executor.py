@@ -130,6 +130,25 @@ class RunHandle:
         return asyncio.wrap_future(self.future).__await__()
 
 
+def _guarded(on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    """A listener that raises must not abort the run (a GUI bug would otherwise lose it): the
+    exception is reported on stderr once per run and the run goes on."""
+    if on_event is None:
+        return lambda e: None
+    failed: list[bool] = []
+
+    def emit(event: Event) -> None:
+        try:
+            on_event(event)
+        except Exception:  # noqa: BLE001
+            if not failed:
+                failed.append(True)
+                import sys
+                print("loom: an event listener failed (the run goes on):\n"
+                      + traceback.format_exc(), file=sys.stderr)
+    return emit
+
+
 class Executor:
     def __init__(self, registry: Registry, cache: ResultCache | None = None):
         self.registry = registry
@@ -255,7 +274,7 @@ class Executor:
              cancel: threading.Event,
              ins: dict[str, dict[str, Link]] | None = None) -> RunResult:
         t_start = time.perf_counter()
-        emit = on_event or (lambda e: None)
+        emit = _guarded(on_event)
         if ins is None:
             ins = graph.inputs_by_node()
         no_links: dict[str, Link] = {}

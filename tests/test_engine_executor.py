@@ -455,3 +455,18 @@ def test_blocking_run_and_handle(registry, executor) -> None:
     pynodes.RESUME["slow"].set()
     r = h.result(5)
     assert r.ok and r.output("after") == 4 and "out" in r.status
+
+
+def test_a_failing_event_listener_does_not_abort_the_run(registry, executor, capsys) -> None:
+    g = _slow_graph(registry, steps=3, stop_at=99)
+    calls = []
+
+    def broken(event) -> None:
+        calls.append(event)
+        raise RuntimeError("listener bug")
+
+    result = executor.run(g, on_event=broken)
+    assert result.ok and result.status["out"] == DONE
+    assert len(calls) > 5  # it was still called for every event
+    err = capsys.readouterr().err
+    assert err.count("RuntimeError: listener bug") == 1 and "the run goes on" in err
