@@ -141,7 +141,7 @@ def cmd_editor(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"the editor is not available: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    return editor_main(file=args.file, screenshot=args.screenshot)
+    return editor_main(file=args.file, screenshot=args.screenshot, render=args.render)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="Subcommands: run (headless render), nodes (catalogue)")
     ep.add_argument("file", nargs="?", help="workflow .json or .png to open")
     ep.add_argument("--screenshot", metavar="PATH", help="save a PNG of the window and exit")
+    ep.add_argument("--render", action="store_true",
+                    help="with --screenshot: run the graph first, then take the picture")
     try:
         args = ep.parse_args(argv)
     except SystemExit as exc:

@@ -94,7 +94,7 @@ def _exec(app: Any) -> int:
 
 
 def main(file: str | None = None, screenshot: str | None = None, session: Any = None,
-         argv: list[str] | None = None) -> int:
+         argv: list[str] | None = None, render: bool = False) -> int:
     os.environ.setdefault("QT_AUTO_SCREEN_SCALE_FACTOR", "1")
     if screenshot and not os.environ.get("QT_QPA_PLATFORM") and sys.platform.startswith("linux") \
             and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
@@ -143,7 +143,11 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
         window.ready.emit()
         if screenshot:
             QTimer.singleShot(0, window.view.fit)
-            QTimer.singleShot(400, take_screenshot)
+            if render and window.run():
+                window.runner.finished.connect(lambda _r: QTimer.singleShot(400,
+                                                                            take_screenshot))
+            else:
+                QTimer.singleShot(400, take_screenshot)
 
     def take_screenshot() -> None:
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)

@@ -341,3 +341,31 @@ def test_view_zoom_is_clamped_and_fit_shows_everything(window):
     visible = window.view.mapToScene(window.view.viewport().rect()).boundingRect()
     for item in window.scene.node_items.values():
         assert visible.contains(item.sceneBoundingRect())
+
+
+def test_dropping_a_workflow_file_on_the_window_opens_it(make_window, isolated):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    w1 = make_window()
+    add(w1, "primitive.int", 10, 20)
+    path = isolated / "dropped.json"
+    assert w1.save_to(path)
+    w2 = make_window()
+    w2.confirm_close = lambda: "discard"
+    add(w2, "primitive.float", 0, 0)  # unsaved work: the drop asks first (answered: discard)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    w2.dropEvent(event)
+    assert snapshot(w2) == snapshot(w1)
+    assert "dropped.json" in w2.windowTitle()
+    # a file of another kind is ignored, the document stays
+    other = isolated / "notes.txt"
+    other.write_text("hello")
+    mime2 = QMimeData()
+    mime2.setUrls([QUrl.fromLocalFile(str(other))])
+    w2.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime2,
+                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    assert snapshot(w2) == snapshot(w1)
