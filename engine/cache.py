@@ -83,6 +83,11 @@ class ResultCache:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def peek(self, key: str) -> Entry | None:
+        """The entry, if any, without counting a hit or a miss or touching its age."""
+        with self._lock:
+            return self._entries.get(key)
+
     def get(self, key: str) -> Entry | None:
         with self._lock:
             entry = self._entries.get(key)

@@ -255,6 +255,16 @@ class Executor:
             link = links.get(name)
             if link is not None:
                 parts += (name, "link", keys[link.node], link.output)
+                if inp.path:
+                    # A file path that arrives through a link: fold the file's identity in when
+                    # the upstream value is known (cached). Unknown until it runs: this run's
+                    # key must never match a stored result, so make it unique (volatile).
+                    entry = self.cache.peek(keys[link.node])
+                    value = entry.outputs.get(link.output) if entry is not None else None
+                    if isinstance(value, str) and value:
+                        parts.append(file_identity(resolve_path(value, options)))
+                    elif value is None:
+                        parts += ("unresolved", uuid.uuid4().hex)
                 continue
             value = node.values.get(name, inp.default if inp.has_default else None)
             parts += (name, "value", value)
@@ -288,7 +298,10 @@ class Executor:
         for nid in order:
             links = ins.get(nid, no_links)
             result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options, links)
-            if not specs[nid].deterministic or any(l.node in volatile for l in links.values()):
+            if not specs[nid].deterministic or any(l.node in volatile for l in links.values()) \
+                    or any(specs[nid].inputs[name].path and self.cache.peek(
+                        result.keys[link.node]) is None for name, link in links.items()
+                        if name in specs[nid].inputs):
                 volatile.add(nid)
 
         # Walk back from the targets: a cached node needs none of its inputs computed.

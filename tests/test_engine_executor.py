@@ -255,6 +255,29 @@ def test_editing_a_file_reruns_the_node_that_reads_it(registry, executor, tmp_pa
     assert "FileNotFoundError" in result.errors["read"].message
 
 
+def test_a_file_path_that_arrives_through_a_link_is_watched_too(registry, executor,
+                                                                 tmp_path) -> None:
+    (tmp_path / "index.txt").write_text("prompt.txt", encoding="utf-8")
+    target = tmp_path / "prompt.txt"
+    target.write_text("one", encoding="utf-8")
+    g = Graph(registry)
+    g.add_node("test.read_file", "index", {"path": "index.txt"})
+    g.add_node("test.read_file", "read", {})
+    g.connect("index", "text", "read", "path")  # the path is computed upstream
+    g.add_node("test.show", "out")
+    g.connect("read", "text", "out", "value")
+    options = {"base_dir": str(tmp_path)}
+    assert executor.run(g, options=options).output("read") == "one"
+    # the file behind the path was unknown when the keys were made: nothing keyed on a guess
+    executor.run(g, options=options)
+    RUNS.clear()
+    assert executor.run(g, options=options).status["out"] == CACHED
+    assert RUNS == []
+    target.write_text("changed", encoding="utf-8")
+    assert executor.run(g, options=options).output("read") == "changed"
+    assert RUNS == ["read", "out"]
+
+
 def test_memory_budget_evicts_cheapest_first(registry) -> None:
     mb = 1_000_000
     cache = ResultCache(budget_bytes=int(3.5 * mb))
