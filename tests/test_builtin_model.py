@@ -49,10 +49,16 @@ def test_model_folder_is_small_fp16_safetensors_in_sd_layout():
     assert vae["latent_channels"] == 4 and len(vae["block_out_channels"]) == 4  # 8× down
 
 
-def test_checkpoint_node_loads_it_as_the_builtin_family():
-    from nodes.lib.checkpoints import inspect_checkpoint
-    info = inspect_checkpoint(MODEL)
-    assert info.family == "loom_builtin" and info.prediction == "epsilon"
+def test_load_checkpoint_reads_it_as_the_builtin_family_in_fp32_on_the_cpu():
+    from nodes.lib.checkpoints import load_checkpoint
+    from nodes.lib.model_manager import ModelManager
+    loaded = load_checkpoint(MODEL, models=ModelManager(), device="cpu")
+    assert loaded.info.family == "loom_builtin" and loaded.info.prediction_type == "epsilon"
+    assert loaded.model.dtype == torch.float32  # fp16 on disk, fp32 for the CPU
+    assert loaded.vae.scaling_factor == json.loads(
+        (MODEL / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
+    ids = loaded.clip.tokenizers[0]("a yellow star").input_ids
+    assert ids == [49406, 320, 4481, 1565, 49407]  # the real CLIP tokenizer
 
 
 def test_main_job_writes_the_prompted_images(tmp_path):

@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--decoder-steps", type=int, default=2000)
+    p.add_argument("--decoder-steps", type=int, default=1500)
     p.add_argument("--examples", type=int, default=60000)
     p.add_argument("--unet-steps", type=int, default=7000)
     p.add_argument("--unet-batch", type=int, default=64)
