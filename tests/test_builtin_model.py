@@ -105,11 +105,11 @@ def test_guidance_makes_images_follow_the_prompt(renderer):
 
 
 def test_negative_prompt_red_makes_red_circles_rarer(renderer):
-    seeds = list(range(1, 13))
+    seeds = list(range(1, 13))  # 48 images each way
     plain = evaluate.red_rate(renderer, seeds, negative="")
     against = evaluate.red_rate(renderer, seeds, negative="red")
-    assert against < plain, (plain, against)
-    assert against <= 0.05, against
+    assert plain >= 0.04, plain  # red does come out for "a circle" (1 colour in 10) ...
+    assert against <= plain / 2, (plain, against)  # ... and the negative prompt suppresses it
 
 
 def test_inpaint_blend_puts_the_shape_in_the_mask_and_keeps_the_rest():
