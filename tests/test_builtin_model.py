@@ -134,3 +134,17 @@ def test_builtin_example_workflows_render(name, tmp_path):
     if name == "seed_sweep":
         assert len(files) == 4
         assert result.status["prompt"] in ("done", "cached")
+
+
+def test_it_also_loads_as_one_original_layout_safetensors_file(tmp_path, renderer):
+    """`python -m tools.builtin.train --stage single` writes the model as one CompVis-layout
+    file; Load Checkpoint reads it (configs: resources/configs/loom_builtin) to the same image."""
+    from nodes.lib.checkpoints import inspect_checkpoint
+    from tools.builtin.train import export_single
+    single = tmp_path / "loom-shapes.safetensors"
+    export_single(MODEL, single)
+    info = inspect_checkpoint(single)
+    assert info.kind == "single_file" and info.family == "loom_builtin"
+    other = evaluate.Renderer(str(single), device="cpu")
+    prompt = "a small green circle at the top on a white background"
+    assert np.array_equal(other.images(prompt, seed=3)[0], renderer.images(prompt, seed=3)[0])

@@ -91,6 +91,9 @@ def detect_family(shapes: Mapping[str, Sequence[int]],
             "no Stable Diffusion UNet weights found (expected keys starting with "
             f"'{UNET_PREFIX}input_blocks').{hint}")
     in_channels = int(conv_in[1])
+    own = (metadata or {}).get("loom_family")
+    if own in FAMILIES and in_channels == 4:   # Loom's own models say what they are
+        return Detection(own, in_channels, "epsilon", "loom_family metadata")
     has_adm = UNET_PREFIX + "label_emb.0.0.weight" in shapes
     has_class_embed = UNET_PREFIX + "label_emb.weight" in shapes
     linear_attn = _linear_attention(shapes)
@@ -205,6 +208,4 @@ def config_name(family: str, prediction_type: str | None) -> str:
     """The folder under resources/configs describing a family (SD 2.x: 768-v or 512-base)."""
     if family == "sd2":
         return "sd2" if (prediction_type or "v_prediction") == "v_prediction" else "sd2_base"
-    if family == "loom_builtin":
-        return "sd1"
     return family

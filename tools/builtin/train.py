@@ -11,7 +11,8 @@ Stages and their files (under --work, default build/builtin/):
           for 15 % of examples (classifier-free guidance)                       → unet.safetensors,
                                                                                   text.safetensors
   export  the diffusers folder, fp16 safetensors                                → --out
-          (default resources/models/loom-shapes)
+          (default resources/models/loom-shapes), and its configs → resources/configs/loom_builtin
+  single  (not part of "all") the exported model as one original-layout file      → --single
 
 Seeded and deterministic on the CPU for a given torch build and thread count. On a 2-core CPU
 the defaults take about 80 minutes in all; --quick trains a throwaway model in a few minutes
@@ -330,14 +331,53 @@ def export(work: Path, out: Path) -> None:
         tmp.replace(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"[export] wrote {out} ({size / 1e6:.1f} MB)")
+    write_configs(out, ROOT / "resources" / "configs" / "loom_builtin")
+
+
+def write_configs(model: Path, configs: Path) -> None:
+    """The model's JSON files without weights, under resources/configs/loom_builtin: what the
+    loader needs to read the model from a single original-layout .safetensors file."""
+    tmp = configs.with_name(configs.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in model.rglob("*.json"):
+        if f.parent.name == "tokenizer" and f.name == "vocab.json":
+            continue
+        dst = tmp / f.relative_to(model)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
+    shutil.rmtree(configs, ignore_errors=True)
+    tmp.replace(configs)
+
+
+def export_single(model: Path, out: Path) -> None:
+    """The built-in model as one original-layout (CompVis) .safetensors file, fp16, marked
+    with the metadata `loom_family` so the loader knows which configs to use."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from tools.original_layout import pipeline_to_original
+    parts = SimpleNamespace(
+        unet=UNet2DConditionModel.from_pretrained(model / "unet"),
+        vae=AutoencoderKL.from_pretrained(model / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"))
+    sd = {k: v.to(torch.float16).contiguous() for k, v in pipeline_to_original(parts).items()}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(sd, str(tmp), metadata={"loom_family": "loom_builtin"})
+    tmp.replace(out)
+    log(f"[single] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--stage", default="all", choices=["all", "vae", "latents", "unet", "decoder",
-                                                      "export"])
+                                                      "export", "single"])
     p.add_argument("--work", type=Path, default=ROOT / "build" / "builtin")
     p.add_argument("--out", type=Path, default=ROOT / "resources" / "models" / "loom-shapes")
+    p.add_argument("--single", type=Path, default=ROOT / "build" / "loom-shapes.safetensors",
+                   help="--stage single: where to write the one-file checkpoint")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--vae-batch", type=int, default=16)
@@ -365,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             train_unet(a.work, a.unet_steps, a.unet_batch, a.seed)
         elif stage == "decoder":
             train_decoder(a.work, a.decoder_steps, a.vae_batch, a.seed)
+        elif stage == "single":
+            export_single(a.out, a.single)
         else:
             export(a.work, a.out)
     log(f"done in {(time.time() - t0) / 60:.1f} min")
