@@ -170,3 +170,42 @@ class InvertMaskNode:
 
     def run(self, ctx: RunContext):
         return 1.0 - self.mask
+
+
+@node("image.composite", title="Composite Through Mask", category="image", version="1.0.0",
+      outputs=[Output("image", IMAGE)])
+class CompositeNode:
+    """Paste `image` over `base` where the mask is 1, keep `base` where it is 0 (the last step of
+    inpainting: the pixels outside the mask stay exactly the original). `feather` softens the
+    mask edge by that many pixels so the seam does not show."""
+
+    base = Input(IMAGE, description="the original picture (kept where the mask is 0)")
+    image = Input(IMAGE, description="the generated picture (used where the mask is 1)")
+    mask = Input(MASK)
+    feather = Input(INT, default=2, min=0, max=256)
+
+    def run(self, ctx: RunContext):
+        import torch
+        import torch.nn.functional as F
+
+        from nodes.lib.images import resize_mask
+
+        base, image = self.base, self.image
+        if base.shape[-2:] != image.shape[-2:]:
+            raise NodeInputError("base", f"base is {base.shape[-1]}×{base.shape[-2]} but image "
+                                 f"is {image.shape[-1]}×{image.shape[-2]}; resize one first")
+        mask = self.mask.to(image.device, torch.float32)
+        if mask.shape[-2:] != image.shape[-2:]:
+            mask = resize_mask(mask, image.shape[-1], image.shape[-2], "bilinear")
+        r = int(self.feather)
+        if r > 0:  # a box blur of the mask, the kept side staying kept at the far edge
+            k = 2 * r + 1
+            mask = F.avg_pool2d(F.pad(mask, (r, r, r, r), mode="replicate"), k, stride=1)
+        n = max(base.shape[0], image.shape[0], mask.shape[0])
+        for name, t in (("base", base), ("image", image), ("mask", mask)):
+            if n % t.shape[0]:
+                raise NodeInputError(name, f"a batch of {t.shape[0]} does not match {n}")
+        base = base.to(image.device, image.dtype).repeat(n // base.shape[0], 1, 1, 1)
+        image = image.repeat(n // image.shape[0], 1, 1, 1)
+        mask = mask.to(image.dtype).repeat(n // mask.shape[0], 1, 1, 1)
+        return base * (1 - mask) + image * mask

@@ -114,7 +114,7 @@ def test_negative_prompt_red_makes_red_circles_rarer(renderer):
 
 def test_inpaint_blend_puts_the_shape_in_the_mask_and_keeps_the_rest():
     result = evaluate.inpaint_check(None, seeds=[1, 2, 3, 4])
-    assert result["unmasked_change"] < 12.0, result
+    assert result["unmasked_change"] < 4.0, result  # composited back: nearly the original
     assert result["yellow_in_mask"] >= 0.75, result
 
 

@@ -82,7 +82,7 @@ def img2img() -> dict:
 
 
 def inpaint() -> dict:
-    nodes = txt2img("a yellow star", batch=1, prefix="inpaint")
+    nodes = txt2img("a yellow star on a white background", batch=1, prefix="inpaint")
     nodes["image"] = _n("image.load", {"image": "resources/workflows/builtin/input.png"},
                         (340, 760))
     nodes["mask"] = _n("image.load_mask", {"image": "resources/workflows/builtin/mask_right.png",
@@ -92,6 +92,13 @@ def inpaint() -> dict:
                                                "mode": "mean", "seed": 0}, (680, 760))
     nodes["sampler"]["inputs"]["init"] = link("encode", "latent")
     nodes["sampler"]["inputs"]["mask"] = link("mask", "mask")
+    # the VAE decoder sees the whole latent, so unmasked pixels drift a little: paste back
+    nodes["composite"] = _n("image.composite", {"base": link("image", "image"),
+                                                "image": link("decode", "image"),
+                                                "mask": link("mask", "mask"), "feather": 2},
+                            (1560, 300))
+    nodes["save"]["inputs"]["images"] = link("composite", "image")
+    nodes["save"]["ui"]["pos"] = [1820, 300]
     return workflow(nodes, "Built-in model: inpaint the masked right half (blend)")
 
 
