@@ -37,6 +37,7 @@ from tools.builtin import shapes
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = ROOT / "resources" / "tokenizers" / "clip"
+CONFIGS_DIR = ROOT / "resources" / "configs" / "loom_builtin"
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3,
@@ -227,7 +228,19 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def train_unet(work: Path, steps: int, batch: int, seed: int) -> None:
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-example loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023,
+    "Efficient Diffusion Training via Min-SNR Weighting"): the nearly clean timesteps, which
+    only polish texture, stop dominating the gradient, so the noisy ones that decide layout,
+    shape and colour get a larger share. gamma <= 0 gives uniform weights."""
+    if gamma <= 0:
+        return torch.ones(t.shape)
+    a = alphas_cumprod[t]
+    snr = a / (1.0 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(work: Path, steps: int, batch: int, seed: int, snr_gamma: float = 5.0) -> None:
     from diffusers import DDPMScheduler
     seed_all(seed)
     data = np.load(work / "latents.npz")
@@ -240,7 +253,7 @@ def train_unet(work: Path, steps: int, batch: int, seed: int) -> None:
     params = list(unet.parameters()) + list(text.parameters())
     log(f"[unet] UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, text "
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; "
-        f"{len(captions)} examples, {steps} steps of {batch}")
+        f"{len(captions)} examples, {steps} steps of {batch}, min-SNR gamma {snr_gamma}")
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                           beta_schedule="scaled_linear", prediction_type="epsilon")
@@ -260,7 +273,8 @@ def train_unet(work: Path, steps: int, batch: int, seed: int) -> None:
             g["lr"] = lr_at(step, steps, 1e-3, 300, 1e-5)
         cond = text(ids).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        per_example = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_example * min_snr_weights(sched.alphas_cumprod, t, snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -279,8 +293,9 @@ def train_unet(work: Path, steps: int, batch: int, seed: int) -> None:
 
 # --------------------------------------------------------------------------------- export
 
-def export(work: Path, out: Path) -> None:
-    """Writes the diffusers folder (fp16 safetensors) atomically: a temp folder, then a swap."""
+def export(work: Path, out: Path, configs: Path | None = None) -> None:
+    """Writes the diffusers folder (fp16 safetensors) atomically: a temp folder, then a swap;
+    then its JSON files to `configs` (default resources/configs/loom_builtin)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
     data = np.load(work / "latents.npz")
@@ -331,7 +346,7 @@ def export(work: Path, out: Path) -> None:
         tmp.replace(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"[export] wrote {out} ({size / 1e6:.1f} MB)")
-    write_configs(out, ROOT / "resources" / "configs" / "loom_builtin")
+    write_configs(out, configs or CONFIGS_DIR)
 
 
 def write_configs(model: Path, configs: Path) -> None:
@@ -376,15 +391,19 @@ def main(argv: list[str] | None = None) -> int:
                                                       "export", "single"])
     p.add_argument("--work", type=Path, default=ROOT / "build" / "builtin")
     p.add_argument("--out", type=Path, default=ROOT / "resources" / "models" / "loom-shapes")
+    p.add_argument("--configs", type=Path, default=CONFIGS_DIR,
+                   help="--stage export: where the model's JSON files (for single-file loading) go")
     p.add_argument("--single", type=Path, default=ROOT / "build" / "loom-shapes.safetensors",
                    help="--stage single: where to write the one-file checkpoint")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--decoder-steps", type=int, default=1500)
+    p.add_argument("--decoder-steps", type=int, default=1200)
     p.add_argument("--examples", type=int, default=60000)
-    p.add_argument("--unet-steps", type=int, default=7000)
+    p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="min-SNR loss weighting for the UNet (0: uniform)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--quick", action="store_true", help="a few minutes, for checking the script")
     a = p.parse_args(argv)
@@ -402,13 +421,13 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "latents":
             encode_latents(a.work, a.examples, a.seed)
         elif stage == "unet":
-            train_unet(a.work, a.unet_steps, a.unet_batch, a.seed)
+            train_unet(a.work, a.unet_steps, a.unet_batch, a.seed, a.snr_gamma)
         elif stage == "decoder":
             train_decoder(a.work, a.decoder_steps, a.vae_batch, a.seed)
         elif stage == "single":
             export_single(a.out, a.single)
         else:
-            export(a.work, a.out)
+            export(a.work, a.out, a.configs)
     log(f"done in {(time.time() - t0) / 60:.1f} min")
     return 0
 
