@@ -83,9 +83,9 @@ def img2img() -> dict:
 
 def inpaint() -> dict:
     nodes = txt2img("a yellow star on a white background", batch=1, prefix="inpaint")
-    nodes["image"] = _n("image.load", {"image": "resources/workflows/builtin/input.png"},
+    nodes["image"] = _n("image.load", {"image": "resources/workflows/builtin/input_center.png"},
                         (340, 760))
-    nodes["mask"] = _n("image.load_mask", {"image": "resources/workflows/builtin/mask_right.png",
+    nodes["mask"] = _n("image.load_mask", {"image": "resources/workflows/builtin/mask_center.png",
                                            "channel": "luminance", "invert": False}, (340, 960))
     nodes["encode"] = _n("latents.vae_encode", {"vae": link("checkpoint", "vae"),
                                                "image": link("image", "image"),
@@ -99,7 +99,8 @@ def inpaint() -> dict:
                             (1560, 300))
     nodes["save"]["inputs"]["images"] = link("composite", "image")
     nodes["save"]["ui"]["pos"] = [1820, 300]
-    return workflow(nodes, "Built-in model: inpaint the masked right half (blend)")
+    return workflow(nodes, "Built-in model: inpaint, the red circle in the masked middle "
+                           "becomes a yellow star (blend)")
 
 
 def upscale() -> dict:
@@ -153,9 +154,13 @@ def write_inputs(folder: Path) -> None:
     from tools.builtin import shapes
     image, _ = shapes.render(shapes.Scene("red", "circle", "large", "left", "white"))
     Image.fromarray(image).save(folder / "input.png")
+    # inpaint: the object in the middle is masked (48×48 of 64×64); the model draws one object
+    # per picture, so it replaces the circle instead of adding a second shape beside it
+    image, _ = shapes.render(shapes.Scene("red", "circle", "large", "center", "white"))
+    Image.fromarray(image).save(folder / "input_center.png")
     mask = np.zeros((shapes.SIZE, shapes.SIZE), np.uint8)
-    mask[:, shapes.SIZE // 2:] = 255
-    Image.fromarray(mask).save(folder / "mask_right.png")
+    mask[8:56, 8:56] = 255
+    Image.fromarray(mask).save(folder / "mask_center.png")
 
 
 def main() -> None:
