@@ -15,7 +15,7 @@ Stages and their files (under --work, default build/builtin/):
   single  (not part of "all") the exported model as one original-layout file      → --single
 
 Seeded and deterministic on the CPU for a given torch build and thread count. On a 2-core CPU
-the defaults take about 80 minutes in all; --quick trains a throwaway model in a few minutes
+the defaults took 105 minutes in all (UNet 71 of them; --unet-steps 3500 fits in 90); --quick trains a throwaway model in a few minutes
 (to check the pipeline end to end, not to use).
 """
 from __future__ import annotations
