@@ -15,8 +15,8 @@ Stages and their files (under --work, default build/builtin/):
   single  (not part of "all") the exported model as one original-layout file      → --single
 
 Seeded and deterministic on the CPU for a given torch build and thread count. On a 2-core CPU
-the defaults took 105 minutes in all (UNet 71 of them; --unet-steps 3500 fits in 90); --quick trains a throwaway model in a few minutes
-(to check the pipeline end to end, not to use).
+the defaults took 105 minutes in all (UNet 71 of them; --unet-steps 3500 fits in 90);
+--quick trains a throwaway model in a few minutes (to check the pipeline end to end, not to use).
 """
 from __future__ import annotations
 
@@ -411,23 +411,28 @@ def main(argv: list[str] | None = None) -> int:
         a.vae_steps, a.examples, a.unet_steps, a.decoder_steps = 60, 2000, 60, 30
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.set_flush_denormal(True)   # tiny weights/gradients otherwise slow the CPU math down
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     stages = ["vae", "latents", "unet", "decoder", "export"] if a.stage == "all" else [a.stage]
-    for stage in stages:
-        if stage == "vae":
-            train_vae(a.work, a.vae_steps, a.vae_batch, a.seed)
-        elif stage == "latents":
-            encode_latents(a.work, a.examples, a.seed)
-        elif stage == "unet":
-            train_unet(a.work, a.unet_steps, a.unet_batch, a.seed, a.snr_gamma)
-        elif stage == "decoder":
-            train_decoder(a.work, a.decoder_steps, a.vae_batch, a.seed)
-        elif stage == "single":
-            export_single(a.out, a.single)
-        else:
-            export(a.work, a.out, a.configs)
+    # tiny weights/gradients otherwise slow the CPU math down; the flag is process-wide, so it
+    # is switched back off for whoever called main() (tests, hypothesis need subnormals)
+    torch.set_flush_denormal(True)
+    try:
+        for stage in stages:
+            if stage == "vae":
+                train_vae(a.work, a.vae_steps, a.vae_batch, a.seed)
+            elif stage == "latents":
+                encode_latents(a.work, a.examples, a.seed)
+            elif stage == "unet":
+                train_unet(a.work, a.unet_steps, a.unet_batch, a.seed, a.snr_gamma)
+            elif stage == "decoder":
+                train_decoder(a.work, a.decoder_steps, a.vae_batch, a.seed)
+            elif stage == "single":
+                export_single(a.out, a.single)
+            else:
+                export(a.work, a.out, a.configs)
+    finally:
+        torch.set_flush_denormal(False)
     log(f"done in {(time.time() - t0) / 60:.1f} min")
     return 0
 
