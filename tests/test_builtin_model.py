@@ -53,7 +53,9 @@ def test_load_checkpoint_reads_it_as_the_builtin_family_in_fp32_on_the_cpu():
     from nodes.lib.checkpoints import load_checkpoint
     from nodes.lib.model_manager import ModelManager
     loaded = load_checkpoint(MODEL, models=ModelManager(), device="cpu")
-    assert loaded.info.family == "loom_builtin" and loaded.info.prediction_type == "epsilon"
+    assert loaded.info.family == "loom_builtin"
+    assert loaded.info.prediction_type == json.loads(
+        (MODEL / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
     assert loaded.model.dtype == torch.float32  # fp16 on disk, fp32 for the CPU
     assert loaded.vae.scaling_factor == json.loads(
         (MODEL / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
@@ -151,6 +153,8 @@ def test_it_also_loads_as_one_original_layout_safetensors_file(tmp_path, rendere
     export_single(MODEL, single)
     info = inspect_checkpoint(single)
     assert info.kind == "single_file" and info.family == "loom_builtin"
+    assert info.prediction_type == json.loads(
+        (MODEL / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
     other = evaluate.Renderer(str(single), device="cpu")
     prompt = "a small green circle at the top on a white background"
     assert np.array_equal(other.images(prompt, seed=3)[0], renderer.images(prompt, seed=3)[0])

@@ -171,6 +171,17 @@ def test_detect_prediction_markers_and_sd2_heuristic():
     assert detect_family(shapes, None, narrow).prediction_type == "epsilon"
 
 
+def test_loom_family_metadata_names_the_family_and_may_name_the_prediction_type():
+    from nodes.lib.families import UNET_PREFIX, detect_family
+
+    shapes = {UNET_PREFIX + "input_blocks.0.0.weight": (64, 4, 3, 3)}
+    own = {"loom_family": "loom_builtin"}
+    det = detect_family(shapes, own)
+    assert (det.family, det.prediction_type) == ("loom_builtin", "epsilon")
+    det = detect_family(shapes, {**own, "modelspec.prediction_type": "v_prediction"})
+    assert (det.family, det.prediction_type) == ("loom_builtin", "v_prediction")
+
+
 def test_detect_rejects_other_files():
     from nodes.lib.families import UnknownCheckpointError, detect_family
 

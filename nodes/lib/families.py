@@ -93,7 +93,8 @@ def detect_family(shapes: Mapping[str, Sequence[int]],
     in_channels = int(conv_in[1])
     own = (metadata or {}).get("loom_family")
     if own in FAMILIES and in_channels == 4:   # Loom's own models say what they are
-        return Detection(own, in_channels, "epsilon", "loom_family metadata")
+        pred, _ = _prediction_from_markers(shapes, metadata or {})
+        return Detection(own, in_channels, pred or default_prediction(own), "loom_family metadata")
     has_adm = UNET_PREFIX + "label_emb.0.0.weight" in shapes
     has_class_embed = UNET_PREFIX + "label_emb.weight" in shapes
     linear_attn = _linear_attention(shapes)

@@ -380,7 +380,10 @@ def export_single(model: Path, out: Path) -> None:
         text_encoder=CLIPTextModel.from_pretrained(model / "text_encoder"))
     sd = {k: v.to(torch.float16).contiguous() for k, v in pipeline_to_original(parts).items()}
     tmp = out.with_name(out.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"loom_family": "loom_builtin"})
+    pred = json.loads((model / "scheduler" / "scheduler_config.json").read_text()).get(
+        "prediction_type", "epsilon")
+    save_file(sd, str(tmp), metadata={"loom_family": "loom_builtin",
+                                      "modelspec.prediction_type": pred})
     tmp.replace(out)
     log(f"[single] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
