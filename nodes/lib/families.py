@@ -91,9 +91,10 @@ def detect_family(shapes: Mapping[str, Sequence[int]],
             "no Stable Diffusion UNet weights found (expected keys starting with "
             f"'{UNET_PREFIX}input_blocks').{hint}")
     in_channels = int(conv_in[1])
-    own = (metadata or {}).get("loom_family")
+    metadata = metadata or {}
+    own = metadata.get("loom_family")
     if own in FAMILIES and in_channels == 4:   # Loom's own models say what they are
-        pred, _ = _prediction_from_markers(shapes, metadata or {})
+        pred, _ = _prediction_from_markers(shapes, metadata)
         return Detection(own, in_channels, pred or default_prediction(own), "loom_family metadata")
     has_adm = UNET_PREFIX + "label_emb.0.0.weight" in shapes
     has_class_embed = UNET_PREFIX + "label_emb.weight" in shapes
@@ -138,7 +139,7 @@ def detect_family(shapes: Mapping[str, Sequence[int]],
                 "(4: text-to-image, 9: inpainting, 7: x4 upscaler)")
         det = Detection(family, in_channels)
 
-    pred, source = _prediction_from_markers(shapes, metadata or {})
+    pred, source = _prediction_from_markers(shapes, metadata)
     if pred is not None:
         det.prediction_type, det.prediction_source = pred, source
     elif det.family == "sd2":

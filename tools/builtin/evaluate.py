@@ -131,10 +131,6 @@ def red_rate(r: Renderer, seeds: list[int], negative: str, prompt: str = "a circ
     return hits / total
 
 
-INPAINT_INPUT = ROOT / "resources" / "workflows" / "builtin" / "input_center.png"
-INPAINT_MASK = ROOT / "resources" / "workflows" / "builtin" / "mask_center.png"
-
-
 def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu") -> dict[str, float]:
     """The inpaint example (blend method): the picture holds a large red circle in the center on
     white; the mask covers the middle 48×48 pixels; the prompt asks for "a yellow star on a
@@ -148,8 +144,10 @@ def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu") -> d
     g = s.load(ROOT / "resources" / "workflows" / "builtin" / "inpaint.json")
     if model:
         s.set(g, "checkpoint.path", str(model))
-    original = np.asarray(Image.open(INPAINT_INPUT).convert("RGB"), np.float32)
-    keep = np.asarray(Image.open(INPAINT_MASK).convert("L")) < 128
+    # the picture and mask the workflow itself loads (paths relative to the project root)
+    original = np.asarray(Image.open(ROOT / g.node("image").values["image"]).convert("RGB"),
+                          np.float32)
+    keep = np.asarray(Image.open(ROOT / g.node("mask").values["image"]).convert("L")) < 128
     yellow = star = red = 0
     changes, raw = [], []
     for seed in seeds:
