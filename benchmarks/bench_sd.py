@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 BUILTIN = ROOT / "resources" / "models" / "loom-shapes"
 PROMPT = "a yellow star on a blue background"
 SCALE = 5.0
+RESCALE = 0.7   # the built-in model's workflows use guidance rescale (v-prediction, zero SNR)
 SEED = 42
 
 
@@ -70,7 +71,7 @@ def loom_session(model: Path, steps: int, size: int):
                           ("negative.text", ""), ("noise.seed", SEED), ("noise.batch", 1),
                           ("noise.width", size), ("noise.height", size),
                           ("scheduler.name", "euler"), ("scheduler.steps", steps),
-                          ("cfg.scale", SCALE)):
+                          ("cfg.scale", SCALE), ("cfg.rescale", RESCALE)):
         s.set(g, target, value)
     return s, g
 
@@ -98,7 +99,8 @@ def pipeline(model: Path):
 def pipeline_image(pipe, steps: int, size: int, seed: int = SEED):
     import torch
     out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=SCALE,
-               height=size, width=size, generator=torch.Generator("cpu").manual_seed(seed),
+               guidance_rescale=RESCALE, height=size, width=size,
+               generator=torch.Generator("cpu").manual_seed(seed),
                output_type="np").images
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     calls = Calls()
     s, g = loom_session(a.model, a.steps, a.size)
     pipe = pipeline(a.model)
-    print(f"model {a.model} | {a.size}x{a.size}, {a.steps} Euler steps, guidance {SCALE}, "
+    print(f"model {a.model} | {a.size}x{a.size}, {a.steps} Euler steps, guidance {SCALE} "
+          f"(rescale {RESCALE}), "
           f"CPU fp32, {torch.get_num_threads()} threads")
 
     # 1. one image, alternating; Loom's result cache cleared so that every node runs

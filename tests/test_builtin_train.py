@@ -15,16 +15,34 @@ torch = pytest.importorskip("torch")
 from tools.builtin import evaluate, train  # noqa: E402
 
 
-def test_min_snr_weights_only_damp_the_nearly_clean_timesteps():
+def _alphas(zero_snr: bool):
     from diffusers import DDPMScheduler
-    alphas = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                           beta_schedule="scaled_linear").alphas_cumprod
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear",
+                         rescale_betas_zero_snr=zero_snr).alphas_cumprod
+
+
+def test_min_snr_weights_only_damp_the_nearly_clean_timesteps():
     t = torch.arange(0, 1000, 37)
-    w = train.min_snr_weights(alphas, t, 5.0)
+    w = train.loss_weights(_alphas(False), t, 5.0, "epsilon")
     assert float(w[0]) < 0.01                       # t = 0: SNR in the thousands
     assert torch.all(w[t > 300] == 1.0)             # noisy steps keep their full weight
     assert torch.all(w[1:] >= w[:-1])               # never less weight for more noise
-    assert torch.equal(train.min_snr_weights(alphas, t, 0.0), torch.ones(len(t)))
+    assert torch.equal(train.loss_weights(_alphas(False), t, 0.0, "epsilon"),
+                       torch.ones(len(t)))
+
+
+def test_v_prediction_weights_are_finite_and_full_at_zero_terminal_snr():
+    """The v phases train on the schedule rescaled to zero terminal SNR: the last timestep is
+    pure noise (SNR 0), where epsilon weights would divide by zero; v weights stay 1 there."""
+    alphas = _alphas(True)
+    assert float(alphas[-1]) == 0.0
+    t = torch.tensor([0, 100, 500, 900, 999])
+    w = train.loss_weights(alphas, t, 5.0, "v_prediction")
+    assert torch.isfinite(w).all() and float(w[-1]) == 1.0 and float(w[0]) < 0.01
+    # the same weight on the clean image's error as min(SNR + 1, gamma)
+    snr = alphas[t] / (1 - alphas[t])
+    assert torch.allclose(w * (snr + 1), torch.clamp(snr + 1, max=5.0))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +51,7 @@ def trained(tmp_path_factory):
     args = ["--work", str(root / "work"), "--out", str(root / "model"),
             "--configs", str(root / "configs"), "--vae-steps", "3", "--vae-batch", "4",
             "--examples", "48", "--unet-steps", "3", "--unet-batch", "8",
-            "--decoder-steps", "2"]
+            "--vpred-steps", "3", "--polish-steps", "2", "--decoder-steps", "2"]
     assert train.main(args) == 0
     return root, args
 
@@ -52,6 +70,10 @@ def test_all_stages_write_an_sd_format_folder_that_renders(trained):
     latents = np.load(root / "work" / "latents.npz")
     assert latents["latents"].shape == (48, 4, 8, 8)
     assert vae["scaling_factor"] == pytest.approx(float(latents["scaling_factor"]), rel=1e-6)
+    scheduler = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]
+    for stage in ("_eps", "_v", ""):   # unet, vpred, polish each wrote their own weights
+        assert (root / "work" / f"unet{stage}.safetensors").is_file()
     image = evaluate.Renderer(str(model), device="cpu").images("a red circle", seed=1)[0]
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
 
@@ -60,12 +82,12 @@ def test_a_stage_rerun_with_the_same_seed_gives_the_same_weights(trained):
     from safetensors.torch import load_file
     root, args = trained
     work = root / "work"
-    first = load_file(str(work / "unet.safetensors"))
-    assert train.main(args + ["--stage", "unet"]) == 0
-    again = load_file(str(work / "unet.safetensors"))
+    first = load_file(str(work / "unet_v.safetensors"))
+    assert train.main(args + ["--stage", "vpred"]) == 0
+    again = load_file(str(work / "unet_v.safetensors"))
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    changed = train.main(args + ["--stage", "unet", "--seed", "99"])
+    changed = train.main(args + ["--stage", "vpred", "--seed", "99"])
     assert changed == 0
-    other = load_file(str(work / "unet.safetensors"))
+    other = load_file(str(work / "unet_v.safetensors"))
     assert any(not torch.equal(first[k], other[k]) for k in first)

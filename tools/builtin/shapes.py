@@ -276,7 +276,10 @@ def analyse(image) -> Analysis:
     if candidates.sum() < 6:
         return Analysis(background, None, None, None, 0, 0.0, None)
     cand = _largest_component(candidates)
-    shape_rgb = np.median(a[cand], axis=0)
+    # the colour from the shape's inner half (the pixels least like the background): a thin
+    # star's anti-aliased or blurred rim, blended with the background, would pull it grey
+    inner = cand & (dist_bg >= np.median(dist_bg[cand]))
+    shape_rgb = np.median(a[inner], axis=0)
     dist_shape = np.linalg.norm(a - shape_rgb, axis=-1)
     mask = _largest_component((dist_shape < dist_bg) & (dist_bg > 25))
     area = int(mask.sum())
