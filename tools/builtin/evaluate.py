@@ -54,15 +54,14 @@ class Renderer:
     """The default workflow in one engine session (models and prompt encodings are cached)."""
 
     def __init__(self, model: str | None = None, device: str = "cpu",
-                 settings: dict[str, object] | None = None):
-        from engine.api import DEFAULT_WORKFLOW, Session
+                 overrides: list[str] | None = None):
+        from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides
         self.session = Session()
         self.graph = self.session.load(DEFAULT_WORKFLOW)
         self.device = device
         if model:
             self.session.set(self.graph, "checkpoint.path", str(model))
-        for target, value in (settings or {}).items():
-            self.session.set(self.graph, target, value)
+        apply_overrides(self.graph, self.session.registry, overrides or [])
 
     def images(self, prompt: str, seed: int, scale: float = 5.0, negative: str = "",
                batch: int = 1, **overrides) -> list[np.ndarray]:
@@ -135,7 +134,7 @@ def red_rate(r: Renderer, seeds: list[int], negative: str, prompt: str = "a circ
 
 
 def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu",
-                  settings: dict[str, object] | None = None) -> dict[str, float]:
+                  overrides: list[str] | None = None) -> dict[str, float]:
     """The inpaint example (blend method): the picture holds a large red circle in the center on
     white; the mask covers the middle 48×48 pixels; the prompt asks for "a yellow star on a
     white background". Returns how often the picture then holds a yellow object, a star, and
@@ -143,13 +142,12 @@ def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu",
     straight from the VAE decoder (`raw`) and after the workflow's composite step."""
     from PIL import Image
 
-    from engine.api import Session
+    from engine.api import Session, apply_overrides
     s = Session()
     g = s.load(ROOT / "resources" / "workflows" / "builtin" / "inpaint.json")
     if model:
         s.set(g, "checkpoint.path", str(model))
-    for target, value in (settings or {}).items():
-        s.set(g, target, value)
+    apply_overrides(g, s.registry, overrides or [])
     # the picture and mask the workflow itself loads (paths relative to the project root)
     original = np.asarray(Image.open(ROOT / g.node("image").values["image"]).convert("RGB"),
                           np.float32)
@@ -189,19 +187,6 @@ def save_grid(images: list[np.ndarray], path: Path, cols: int = 8, scale: int = 
     grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(path)
 
 
-def parse_setting(item: str) -> tuple[str, object]:
-    """"cfg.rescale=0.7" -> ("cfg.rescale", 0.7); numbers become numbers, the rest stays text."""
-    target, sep, raw = item.partition("=")
-    if not sep or "." not in target:
-        raise SystemExit(f"--set wants ID.INPUT=VALUE, got {item!r}")
-    for kind in (int, float):
-        try:
-            return target, kind(raw)
-        except ValueError:
-            pass
-    return target, raw
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the built-in model)")
@@ -213,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="change an input of the workflows rendered, e.g. cfg.rescale=0.7")
     a = p.parse_args(argv)
     t0 = time.time()
-    settings = dict(parse_setting(item) for item in a.set)
-    r = Renderer(a.model, settings=settings)
+    r = Renderer(a.model, overrides=a.set)
     seeds = list(range(1, a.seeds + 1))
     default_scale = float(r.graph.node("cfg").values["scale"])
     # the grid shows the workflow's own guidance when it is among the scales measured
@@ -238,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     red_plain, red_neg = red_rate(r, neg_seeds, ""), red_rate(r, neg_seeds, "red")
     print(f'\n"a circle": red (shape or background) in {red_plain * 100:.0f}% of '
           f'{4 * len(neg_seeds)} images; with negative prompt "red": {red_neg * 100:.0f}%')
-    inp = inpaint_check(a.model, list(range(1, 2 * a.seeds + 1)), settings=settings)
+    inp = inpaint_check(a.model, list(range(1, 2 * a.seeds + 1)), overrides=a.set)
     print(f"inpaint (blend), a red circle masked and \"a yellow star\" asked for: yellow "
           f"{inp['yellow_in_mask'] * 100:.0f}%, star {inp['star_in_mask'] * 100:.0f}%, still red "
           f"{inp['red_left'] * 100:.0f}%; "

@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -252,12 +253,22 @@ def loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
     return torch.clamp(gamma / (snr + 1.0), max=1.0)
 
 
-# The UNet stages: (prediction, weights to start from, suffix of the files written, peak
-# learning rate, warm-up steps, whether half of each batch comes from the noisiest timesteps).
+class Phase(NamedTuple):
+    """One UNet stage: what it predicts, whose weights it starts from and writes (file-name
+    suffixes), its learning rate, and whether half of each batch comes from the noisiest
+    timesteps."""
+    prediction: str
+    start_from: str | None
+    writes: str
+    peak_lr: float
+    warmup: int
+    noisy_half: bool
+
+
 PHASES = {
-    "eps": ("epsilon", None, "_eps", 1e-3, 300, False),
-    "v": ("v_prediction", "_eps", "_v", 5e-4, 100, True),
-    "polish": ("v_prediction", "_v", "", 2e-4, 50, False),
+    "eps": Phase("epsilon", None, "_eps", 1e-3, 300, False),
+    "v": Phase("v_prediction", "_eps", "_v", 5e-4, 100, True),
+    "polish": Phase("v_prediction", "_v", "", 2e-4, 50, False),
 }
 
 
