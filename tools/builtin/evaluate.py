@@ -178,27 +178,25 @@ def autoencoder_ceiling(model: str | None, n: int = 300, seed: int = 5) -> dict[
     model can reach; returned per measure and, for shape, per shape and per size."""
     import torch
     from diffusers import AutoencoderKL
+
+    from tools.builtin.train import to_tensor
     folder = Path(model) if model else ROOT / "resources" / "models" / "loom-shapes"
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).eval()
     rng = random.Random(seed)
     scenes = [shapes.random_scene(rng) for _ in range(n)]
-    truth = np.stack([shapes.render(sc)[0] for sc in scenes])
-    x = torch.from_numpy(truth).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = to_tensor(np.stack([shapes.render(sc)[0] for sc in scenes]))
     with torch.no_grad():
         decoded = torch.cat([vae.decode(vae.encode(x[i:i + 100]).latent_dist.mean).sample
                              for i in range(0, n, 100)])
-    images = to_uint8(decoded.add(1.0).div(2.0))
-    right: dict[str, int] = {}
-    asked: dict[str, int] = {}
-    for sc, image in zip(scenes, images):
-        got = shapes.analyse(image)
-        verdict = shapes.score(shapes.scene_caption(sc), got)
-        verdict.update({f"shape {sc.shape}": got.shape == sc.shape,
-                        f"shape {sc.size}": got.shape == sc.shape})
-        for key, ok in verdict.items():
-            asked[key] = asked.get(key, 0) + 1
-            right[key] = right.get(key, 0) + int(bool(ok))
-    return {key: right[key] / asked[key] for key in asked}
+    tally = Tally.empty()
+    by_kind: dict[str, list[int]] = {}          # "shape star" -> [right, asked]
+    for sc, image in zip(scenes, to_uint8(decoded.add(1.0).div(2.0))):
+        right = tally.add(shapes.scene_caption(sc).text(), image)["shape"]
+        for kind in (sc.shape, sc.size):
+            counts = by_kind.setdefault(f"shape {kind}", [0, 0])
+            counts[0] += int(bool(right))
+            counts[1] += 1
+    return {**tally.rates(), **{k: r / a for k, (r, a) in by_kind.items()}}
 
 
 def fmt_table(rows: list[tuple[str, float, dict[str, float]]]) -> str:

@@ -472,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    stages = ["vae", "latents", "unet", "vpred", "polish", "decoder", "export"] if a.stage == "all" else [a.stage]
+    everything = ["vae", "latents", "unet", "vpred", "polish", "decoder", "export"]
+    stages = everything if a.stage == "all" else [a.stage]
     # tiny weights/gradients otherwise slow the CPU math down; the flag is process-wide, so it
     # is switched back off for whoever called main() (tests, hypothesis need subnormals)
     torch.set_flush_denormal(True)
