@@ -78,7 +78,7 @@ class UNetStepNode:
         return UNetDenoiser(self.model)
 
 
-@node("sampling.cfg_combine", title="CFG Combine", category="sampling", version="1.0.0",
+@node("sampling.cfg_combine", title="CFG Combine", category="sampling", version="1.1.0",
       outputs=[Output("denoiser", GUIDED_DENOISER)])
 class CFGCombineNode:
     """Push the prediction from the unconditional towards the conditional one."""
@@ -90,6 +90,11 @@ class CFGCombineNode:
     scale = Input(FLOAT, default=7.0, min=0.0, max=30.0, step=0.1, description="guidance scale")
     rescale = Input(FLOAT, default=0.0, min=0.0, max=1.0, step=0.01,
                     description="guidance rescale (fixes over-exposure, esp. v-prediction)")
+    start = Input(FLOAT, default=0.0, min=0.0, max=1.0, step=0.05,
+                  description="guide from this point of the denoising on (0 = pure noise)")
+    end = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
+                description="guide up to this point (1 = the clean image); the steps "
+                            "outside [start, end] run unguided, at half the UNet work")
 
     def run(self, ctx: RunContext):
         from nodes.lib.denoise import GuidedDenoiser
@@ -99,8 +104,11 @@ class CFGCombineNode:
         if self.scale > 1.0 and self.negative is None:
             raise NodeInputError("negative", "guidance scale > 1 needs a negative conditioning "
                                  "(Negative Prompt, or an empty prompt)")
+        if self.start > self.end:
+            raise NodeInputError("start", f"the guidance interval starts ({self.start}) after "
+                                 f"it ends ({self.end})")
         return GuidedDenoiser(self.denoiser, self.positive, self.negative, self.scale,
-                              self.rescale)
+                              self.rescale, self.start, self.end)
 
 
 @node("sampling.sampler", title="Sampler", category="sampling", version="1.0.0",

@@ -215,3 +215,53 @@ def test_scheduler_names_all_build(sd_folder):
         assert len(p.timesteps) >= 10, name
         p = plan(SchedulerSpec(name, config, 10, strength=0.5), "cpu", has_init=True)
         assert 5 <= len(p.timesteps) <= 10 * p.scheduler.order, name
+
+
+# ---- CFG Combine: guidance in a limited interval --------------------------------------------
+
+
+def test_guidance_interval_guides_only_the_named_part_of_the_denoising(sess, sd_folder, tmp_path):
+    """start/end: guidance on the steps whose progress (1 - t / 1000) lies in [start, end],
+    the conditional prediction alone (one UNet row, not two) on the others."""
+    from diffusers import UNet2DConditionModel
+
+    rows: list[tuple[float, int]] = []
+    original = UNet2DConditionModel.forward
+
+    def counted(module, sample, timestep, *a, **k):
+        rows.append((float(timestep), sample.shape[0]))
+        return original(module, sample, timestep, *a, **k)
+
+    def run(name: str, **cfg) -> torch.Tensor:
+        nodes = txt2img(sd_folder, steps=4)
+        nodes["cfg"].update({"scale": 5.0, **cfg})
+        rows.clear()
+        (tmp_path / name).mkdir()
+        result = sess.run(graph_of(sess, tmp_path / name, nodes), outputs=["sampler"])
+        assert result.ok, result.errors
+        return result.output("sampler")
+
+    UNet2DConditionModel.forward = counted
+    try:
+        full = run("full")
+        assert [b for _, b in rows] == [2, 2, 2, 2]
+        half = run("half", start=0.0, end=0.5)
+        guided = [b == 2 for _, b in rows]
+        assert guided == [1.0 - t / 1000 <= 0.5 for t, _ in rows]
+        assert guided.count(True) == 2 and guided[0]   # the noisy first half, guided
+        late = run("late", start=0.5, end=1.0)
+        assert [b == 2 for _, b in rows] == [not g for g in guided]
+        none = run("none", scale=1.0)
+    finally:
+        UNet2DConditionModel.forward = original
+    # each choice gives its own picture; the first half guided is neither extreme
+    for a, b in ((full, half), (half, none), (half, late), (full, late)):
+        assert (a - b).abs().max() > 1e-4
+
+
+def test_guidance_interval_backwards_names_the_input(sess, sd_folder, tmp_path):
+    nodes = txt2img(sd_folder)
+    nodes["cfg"].update(scale=5.0, start=0.8, end=0.2)
+    result = sess.run(graph_of(sess, tmp_path, nodes))
+    err = result.errors["cfg"]
+    assert err.input == "start" and "0.8" in str(err) and "0.2" in str(err)

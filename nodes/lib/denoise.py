@@ -160,20 +160,33 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -
 
 
 class GuidedDenoiser:
-    """Classifier-free guidance: uncond + scale * (cond - uncond), optionally rescaled.
+    """Classifier-free guidance: uncond + scale * (cond - uncond), optionally rescaled, and
+    optionally only within an interval of the denoising.
 
     With scale <= 1 only the conditional prediction is computed (diffusers'
-    `do_classifier_free_guidance = guidance_scale > 1`)."""
+    `do_classifier_free_guidance = guidance_scale > 1`); the same outside [start, end], where
+    0 is pure noise (timestep num_train_timesteps) and 1 the clean image (timestep 0).
+    Guidance in a limited interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited
+    Interval Improves Sample and Distribution Quality in Diffusion Models"): the noisy steps
+    decide what and where, so guidance there makes the image follow the prompt, while
+    guidance on the last, nearly clean steps mostly over-saturates colours; the steps without
+    it cost one UNet row instead of two."""
 
     guided = True
 
     def __init__(self, denoiser: UNetDenoiser, positive: Conditioning,
-                 negative: Conditioning | None, scale: float, rescale: float = 0.0):
+                 negative: Conditioning | None, scale: float, rescale: float = 0.0,
+                 start: float = 0.0, end: float = 1.0):
+        if not 0.0 <= start <= end <= 1.0:
+            raise ValueError(f"guidance interval [{start}, {end}] must satisfy "
+                             "0 <= start <= end <= 1")
         self.denoiser = denoiser
         self.positive = positive
         self.negative = negative
         self.scale = float(scale)
         self.rescale = float(rescale)
+        self.start = float(start)
+        self.end = float(end)
 
     def __loom_cache_size__(self) -> int:
         return 0
@@ -190,9 +203,17 @@ class GuidedDenoiser:
     def do_cfg(self) -> bool:
         return self.scale > 1.0
 
+    def guides_at(self, t: Any) -> bool:
+        """Whether timestep t lies in the guidance interval."""
+        if self.start <= 0.0 and self.end >= 1.0:
+            return True
+        total = float(self.model.scheduler_config.get("num_train_timesteps", 1000))
+        progress = 1.0 - float(t) / total
+        return self.start <= progress <= self.end
+
     def __call__(self, x: torch.Tensor, t: Any,
                  image_cond: ImageConditioning | None = None) -> torch.Tensor:
-        if not self.do_cfg:
+        if not self.do_cfg or not self.guides_at(t):
             return self.denoiser(x, t, [self.positive], [False], image_cond)
         if self.negative.embeds.shape[1:] == self.positive.embeds.shape[1:]:
             x2 = torch.cat([x] * 2)
