@@ -45,6 +45,22 @@ def test_v_prediction_weights_are_finite_and_full_at_zero_terminal_snr():
     assert torch.allclose(w * (snr + 1), torch.clamp(snr + 1, max=5.0))
 
 
+def test_decoder_loss_outline_is_the_band_around_a_shapes_edge():
+    """The decoder stage weights the pixels within 2 px of a shape's edge, inside and outside:
+    a drawn shape's coverage of a 6x6 square gives a band 2 px wide on either side of its edge,
+    nothing in its middle or far from it, and soft values where the coverage is partial."""
+    cover = torch.zeros(1, 1, 16, 16)
+    cover[0, 0, 5:11, 5:11] = 1.0
+    band = train.outline(cover)[0, 0]
+    assert band.shape == (16, 16)
+    assert torch.all(band[3:13, 3:13][cover[0, 0, 3:13, 3:13] == 0] == 1.0)   # 2 px outside
+    assert torch.all(band[5:7, 5:11] == 1.0) and torch.all(band[9:11, 5:11] == 1.0)  # 2 inside
+    assert float(band[7:9, 7:9].sum()) == 0.0                                  # the middle
+    assert float(band[:2].sum()) == 0.0 and float(band[:, 14:].sum()) == 0.0  # far away
+    cover[0, 0, 5, 12] = 0.25                                                 # anti-aliasing
+    assert float(train.outline(cover)[0, 0, 5, 14]) == 0.25
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")

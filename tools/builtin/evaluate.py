@@ -120,14 +120,26 @@ def score_prompts(r: Renderer, prompts: list[str], seeds: list[int], scale: floa
     return tally.rates()
 
 
-def red_rate(r: Renderer, seeds: list[int], negative: str, prompt: str = "a circle",
-             scale: float = 5.0, batch: int = 4) -> float:
-    """How often red appears (the shape or the background is red), over len(seeds) × batch
-    images: "a circle" leaves both colours open, so without a negative prompt about one image
-    in five has red somewhere."""
+def red_rate(model: str | None, seeds: list[int], negative: str, device: str = "cpu",
+             overrides: list[str] | None = None) -> float:
+    """The negative-prompt example ("a circle", 4 images per seed) with `negative` as its
+    negative prompt: how often red appears (the shape or the background is red), over
+    len(seeds) × 4 images. "a circle" leaves both colours open, so without a negative prompt
+    about one image in five has red somewhere."""
+    from engine.api import Session, apply_overrides
+    s = Session()
+    g = s.load(ROOT / "resources" / "workflows" / "builtin" / "negative_prompt.json")
+    if model:
+        s.set(g, "checkpoint.path", str(model))
+    apply_overrides(g, s.registry, overrides or [])
+    s.set(g, "negative.text", negative)
     hits = total = 0
     for seed in seeds:
-        for image in r.images(prompt, seed, scale, negative=negative, batch=batch):
+        s.set(g, "noise.seed", seed)
+        res = s.run(g, outputs=["decode"], device=device)
+        if not res.ok:
+            raise RuntimeError("; ".join(str(e) for e in res.errors.values()))
+        for image in to_uint8(res.outputs["decode"]["image"]):
             total += 1
             a = shapes.analyse(image)
             hits += a.colour == "red" or a.background == "red"
@@ -247,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(' '.join(p) for p in sorted(shapes.HELD_OUT))})")
     print(fmt_table(rows))
     neg_seeds = list(range(1, 4 * a.seeds + 1))
-    red_plain, red_neg = red_rate(r, neg_seeds, ""), red_rate(r, neg_seeds, "red")
+    red_plain = red_rate(a.model, neg_seeds, "", overrides=a.set)
+    red_neg = red_rate(a.model, neg_seeds, "red", overrides=a.set)
     print(f'\n"a circle": red (shape or background) in {red_plain * 100:.0f}% of '
           f'{4 * len(neg_seeds)} images; with negative prompt "red": {red_neg * 100:.0f}%')
     inp = inpaint_check(a.model, list(range(1, 2 * a.seeds + 1)), overrides=a.set)

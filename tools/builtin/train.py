@@ -165,10 +165,19 @@ def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
     save_tensors(vae, work / "vae.safetensors")
 
 
+def outline(cover: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """The band of pixels within `width` of a shape's edge (1 there, 0 elsewhere; soft at
+    anti-aliased edges): where a star's points and a triangle's corners differ from a blob."""
+    k = 2 * width + 1
+    return F.max_pool2d(cover, k, 1, width) + F.max_pool2d(-cover, k, 1, width)
+
+
 def train_decoder(work: Path, steps: int, batch: int, seed: int) -> None:
     """Fine-tunes the VAE decoder with the encoder frozen: the latent space (and so the UNet
     trained on it) stays valid while the decoder learns to draw edges and small shapes sharply.
-    Can run at the same time as the UNet stage."""
+    The loss weights the shapes' outlines as much as their insides: the latents do tell a
+    small star from a small disc (a classifier on them gets 94 % of small shapes right), but
+    a decoder trained on the area alone draws both as blobs. Can run beside the UNet stage."""
     seed_all(seed + 7)
     vae = make_vae()
     load_tensors(vae, work / "vae.safetensors")
@@ -188,7 +197,7 @@ def train_decoder(work: Path, steps: int, batch: int, seed: int) -> None:
         imgs, covers = zip(*(shapes.render(shapes.random_scene(rng)) for _ in range(batch)))
         x = to_tensor(np.stack(imgs))
         cover = torch.from_numpy(np.stack(covers)).unsqueeze(1)
-        weight = 1.0 + 8.0 * cover
+        weight = 1.0 + 8.0 * cover + 8.0 * outline(cover)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
             z = z + 0.02 * torch.randn_like(z) * z.std()   # the UNet's latents are not exact
@@ -454,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--decoder-steps", type=int, default=1200)
+    p.add_argument("--decoder-steps", type=int, default=3000)
     p.add_argument("--examples", type=int, default=60000)
     p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--vpred-steps", type=int, default=3000)

@@ -12,10 +12,15 @@ from engine.workflow import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "resources/models/loom-shapes"
-GUIDANCE = 2.0
-# guidance rescale (Lin et al. 2023): the built-in model is v-prediction on a zero-terminal-SNR
-# schedule, where plain guidance at 5 washes out shapes and shifts colours; 0.7 measured best
-RESCALE = 0.7
+# Guidance 5 on the noisier half of the denoising only (Kynkäänniemi et al. 2024), with
+# guidance rescale 0.5 (Lin et al. 2023; the model is v-prediction on a zero-terminal-SNR
+# schedule). Measured on the evaluation's prompts: guided on every step, 5 over-saturates
+# colours (a yellow star turns orange, held-out colours fall to 56 %); on the first half, where
+# what and where are decided, it follows the prompt better than no guidance on every measure,
+# and the unguided second half costs one UNet row per step instead of two.
+GUIDANCE = 5.0
+GUIDANCE_INTERVAL = (0.0, 0.5)
+RESCALE = 0.5
 STEPS = 20
 
 
@@ -24,8 +29,9 @@ def link(node: str, output: str) -> dict:
 
 
 def _n(type_id: str, inputs: dict, pos: tuple[int, int], **ui) -> dict:
-    return {"type": type_id, "version": "1.0.0", "inputs": inputs,
-            "ui": {"pos": list(pos), **ui}}
+    from engine.registry import default_registry
+    return {"type": type_id, "version": default_registry().get(type_id).version,
+            "inputs": inputs, "ui": {"pos": list(pos), **ui}}
 
 
 def txt2img(prompt: str, negative: str = "", seed: int = 42, batch: int = 4,
@@ -43,7 +49,9 @@ def txt2img(prompt: str, negative: str = "", seed: int = 42, batch: int = 4,
         "cfg": _n("sampling.cfg_combine", {"denoiser": link("unet", "denoiser"),
                                            "positive": link("prompt", "conditioning"),
                                            "negative": link("negative", "conditioning"),
-                                           "scale": GUIDANCE, "rescale": RESCALE}, (680, 300)),
+                                           "scale": GUIDANCE, "rescale": RESCALE,
+                                           "start": GUIDANCE_INTERVAL[0],
+                                           "end": GUIDANCE_INTERVAL[1]}, (680, 300)),
         "scheduler": _n("sampling.scheduler", {"model": link("checkpoint", "model"),
                                                "name": "dpmpp_2m", "steps": STEPS,
                                                "strength": 1.0, "start": 0.0, "end": 1.0},
@@ -67,8 +75,12 @@ def default() -> dict:
 
 
 def negative_prompt() -> dict:
-    return workflow(txt2img("a circle", negative="red", prefix="negative"),
-                    "Built-in model: negative prompt (a circle, but not red)")
+    nodes = txt2img("a circle", negative="red", prefix="negative")
+    # guided on every step: a negative prompt steers away from what it names all the way down
+    # (on the first half only, "red" still comes out in 11 % of the images instead of 22 %;
+    # on every step in none); "a circle" names no colour for full guidance to over-saturate
+    nodes["cfg"]["inputs"]["end"] = 1.0
+    return workflow(nodes, "Built-in model: negative prompt (a circle, but not red)")
 
 
 def img2img() -> dict:
