@@ -72,7 +72,8 @@ def loom_session(model: Path, steps: int, size: int):
                           ("negative.text", ""), ("noise.seed", SEED), ("noise.batch", 1),
                           ("noise.width", size), ("noise.height", size),
                           ("scheduler.name", "euler"), ("scheduler.steps", steps),
-                          ("cfg.scale", SCALE), ("cfg.rescale", RESCALE)):
+                          ("cfg.scale", SCALE), ("cfg.rescale", RESCALE),
+                          ("cfg.start", 0.0), ("cfg.end", 1.0)):   # as the pipeline guides
         s.set(g, target, value)
     return s, g
 
