@@ -94,7 +94,7 @@ class CFGCombineNode:
                   description="guide from this point of the denoising on (0 = pure noise)")
     end = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
                 description="guide up to this point (1 = the clean image); the steps "
-                            "outside [start, end] run unguided, at half the UNet work")
+                            "outside [start, end] run unguided, one UNet row instead of two")
 
     def run(self, ctx: RunContext):
         from nodes.lib.denoise import GuidedDenoiser

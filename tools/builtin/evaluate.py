@@ -120,18 +120,25 @@ def score_prompts(r: Renderer, prompts: list[str], seeds: list[int], scale: floa
     return tally.rates()
 
 
+def example(name: str, model: str | None, overrides: list[str] | None = None):
+    """One of the built-in model's example workflows in a fresh engine session: (session,
+    graph), with the model and any `--set` overrides applied."""
+    from engine.api import Session, apply_overrides
+    s = Session()
+    g = s.load(ROOT / "resources" / "workflows" / "builtin" / f"{name}.json")
+    if model:
+        s.set(g, "checkpoint.path", str(model))
+    apply_overrides(g, s.registry, overrides or [])
+    return s, g
+
+
 def red_rate(model: str | None, seeds: list[int], negative: str, device: str = "cpu",
              overrides: list[str] | None = None) -> float:
     """The negative-prompt example ("a circle", 4 images per seed) with `negative` as its
     negative prompt: how often red appears (the shape or the background is red), over
     len(seeds) × 4 images. "a circle" leaves both colours open, so without a negative prompt
     about one image in five has red somewhere."""
-    from engine.api import Session, apply_overrides
-    s = Session()
-    g = s.load(ROOT / "resources" / "workflows" / "builtin" / "negative_prompt.json")
-    if model:
-        s.set(g, "checkpoint.path", str(model))
-    apply_overrides(g, s.registry, overrides or [])
+    s, g = example("negative_prompt", model, overrides)
     s.set(g, "negative.text", negative)
     hits = total = 0
     for seed in seeds:
@@ -155,12 +162,7 @@ def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu",
     straight from the VAE decoder (`raw`) and after the workflow's composite step."""
     from PIL import Image
 
-    from engine.api import Session, apply_overrides
-    s = Session()
-    g = s.load(ROOT / "resources" / "workflows" / "builtin" / "inpaint.json")
-    if model:
-        s.set(g, "checkpoint.path", str(model))
-    apply_overrides(g, s.registry, overrides or [])
+    s, g = example("inpaint", model, overrides)
     # the picture and mask the workflow itself loads (paths relative to the project root)
     original = np.asarray(Image.open(ROOT / g.node("image").values["image"]).convert("RGB"),
                           np.float32)
