@@ -64,26 +64,26 @@ class Calls:
         into.update({k: self.counts[k] - before[k] for k in self.counts})
 
 
-def loom_session(model: Path, steps: int, size: int):
-    from engine.api import DEFAULT_WORKFLOW, Session
-    s = Session()
-    g = s.load(DEFAULT_WORKFLOW)
-    for target, value in (("checkpoint.path", str(model)), ("prompt.text", PROMPT),
-                          ("negative.text", ""), ("noise.seed", SEED), ("noise.batch", 1),
-                          ("noise.width", size), ("noise.height", size),
-                          ("scheduler.name", "euler"), ("scheduler.steps", steps),
-                          ("cfg.scale", SCALE), ("cfg.rescale", RESCALE),
-                          ("cfg.start", 0.0), ("cfg.end", 1.0)):   # as the pipeline guides
-        s.set(g, target, value)
-    return s, g
-
-
 def default_session():
     """The default workflow unchanged but for one image of the benchmark's prompt and seed."""
     from engine.api import DEFAULT_WORKFLOW, Session
     s = Session()
     g = s.load(DEFAULT_WORKFLOW)
-    for target, value in (("prompt.text", PROMPT), ("noise.seed", SEED), ("noise.batch", 1)):
+    for target, value in (("prompt.text", PROMPT), ("noise.seed", SEED), ("noise.batch", 1),
+                          ("negative.text", "")):
+        s.set(g, target, value)
+    return s, g
+
+
+def loom_session(model: Path, steps: int, size: int):
+    """The default workflow set up as the pipeline runs: the model, size, Euler, guidance on
+    every step."""
+    s, g = default_session()
+    for target, value in (("checkpoint.path", str(model)),
+                          ("noise.width", size), ("noise.height", size),
+                          ("scheduler.name", "euler"), ("scheduler.steps", steps),
+                          ("cfg.scale", SCALE), ("cfg.rescale", RESCALE),
+                          ("cfg.start", 0.0), ("cfg.end", 1.0)):
         s.set(g, target, value)
     return s, g
 

@@ -52,17 +52,25 @@ def held_out_prompts(per_pair: int = 3, seed: int = 11) -> list[str]:
 
 
 class Renderer:
-    """The default workflow in one engine session (models and prompt encodings are cached)."""
+    """A workflow (the default one unless named) in one engine session (models and prompt
+    encodings are cached), with the model and any `--set` overrides applied."""
 
     def __init__(self, model: str | None = None, device: str = "cpu",
-                 overrides: list[str] | None = None):
+                 overrides: list[str] | None = None, workflow: Path | None = None):
         from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides
         self.session = Session()
-        self.graph = self.session.load(DEFAULT_WORKFLOW)
+        self.graph = self.session.load(workflow or DEFAULT_WORKFLOW)
         self.device = device
         if model:
             self.session.set(self.graph, "checkpoint.path", str(model))
         apply_overrides(self.graph, self.session.registry, overrides or [])
+
+    def run(self, outputs: list[str]) -> dict:
+        """The named nodes' outputs; a failed run raises, naming the nodes' errors."""
+        result = self.session.run(self.graph, outputs=outputs, device=self.device)
+        if not result.ok:
+            raise RuntimeError("; ".join(str(e) for e in result.errors.values()))
+        return result.outputs
 
     def images(self, prompt: str, seed: int, scale: float = 5.0, negative: str = "",
                batch: int = 1, **overrides) -> list[np.ndarray]:
@@ -75,10 +83,7 @@ class Renderer:
         s.set(g, "cfg.scale", scale)
         for target, value in overrides.items():
             s.set(g, target.replace("__", "."), value)
-        result = s.run(g, outputs=["decode"], device=self.device)
-        if not result.ok:
-            raise RuntimeError("; ".join(str(e) for e in result.errors.values()))
-        return to_uint8(result.outputs["decode"]["image"])
+        return to_uint8(self.run(["decode"])["decode"]["image"])
 
 
 def to_uint8(image) -> list[np.ndarray]:
@@ -120,16 +125,7 @@ def score_prompts(r: Renderer, prompts: list[str], seeds: list[int], scale: floa
     return tally.rates()
 
 
-def example(name: str, model: str | None, overrides: list[str] | None = None):
-    """One of the built-in model's example workflows in a fresh engine session: (session,
-    graph), with the model and any `--set` overrides applied."""
-    from engine.api import Session, apply_overrides
-    s = Session()
-    g = s.load(ROOT / "resources" / "workflows" / "builtin" / f"{name}.json")
-    if model:
-        s.set(g, "checkpoint.path", str(model))
-    apply_overrides(g, s.registry, overrides or [])
-    return s, g
+EXAMPLES = ROOT / "resources" / "workflows" / "builtin"
 
 
 def red_rate(model: str | None, seeds: list[int], negative: str, device: str = "cpu",
@@ -138,15 +134,12 @@ def red_rate(model: str | None, seeds: list[int], negative: str, device: str = "
     negative prompt: how often red appears (the shape or the background is red), over
     len(seeds) × 4 images. "a circle" leaves both colours open, so without a negative prompt
     about one image in five has red somewhere."""
-    s, g = example("negative_prompt", model, overrides)
-    s.set(g, "negative.text", negative)
+    r = Renderer(model, device, overrides, EXAMPLES / "negative_prompt.json")
+    r.session.set(r.graph, "negative.text", negative)
     hits = total = 0
     for seed in seeds:
-        s.set(g, "noise.seed", seed)
-        res = s.run(g, outputs=["decode"], device=device)
-        if not res.ok:
-            raise RuntimeError("; ".join(str(e) for e in res.errors.values()))
-        for image in to_uint8(res.outputs["decode"]["image"]):
+        r.session.set(r.graph, "noise.seed", seed)
+        for image in to_uint8(r.run(["decode"])["decode"]["image"]):
             total += 1
             a = shapes.analyse(image)
             hits += a.colour == "red" or a.background == "red"
@@ -162,7 +155,8 @@ def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu",
     straight from the VAE decoder (`raw`) and after the workflow's composite step."""
     from PIL import Image
 
-    s, g = example("inpaint", model, overrides)
+    r = Renderer(model, device, overrides, EXAMPLES / "inpaint.json")
+    s, g = r.session, r.graph
     # the picture and mask the workflow itself loads (paths relative to the project root)
     original = np.asarray(Image.open(ROOT / g.node("image").values["image"]).convert("RGB"),
                           np.float32)
@@ -171,9 +165,9 @@ def inpaint_check(model: str | None, seeds: list[int], device: str = "cpu",
     changes, raw = [], []
     for seed in seeds:
         s.set(g, "noise.seed", seed)
-        res = s.run(g, outputs=["decode", "composite"], device=device)
-        img = to_uint8(res.outputs["composite"]["image"])[0]
-        dec = to_uint8(res.outputs["decode"]["image"])[0]
+        out = r.run(["decode", "composite"])
+        img = to_uint8(out["composite"]["image"])[0]
+        dec = to_uint8(out["decode"]["image"])[0]
         changes.append(float(np.abs(img[keep].astype(np.float32) - original[keep]).mean()))
         raw.append(float(np.abs(dec[keep].astype(np.float32) - original[keep]).mean()))
         a = shapes.analyse(img)
