@@ -60,10 +60,10 @@ TEXT_CONFIG = dict(
 )
 UNET_CONFIG = dict(
     sample_size=8, in_channels=4, out_channels=4,
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    block_out_channels=[64, 128, 128], layers_per_block=1, cross_attention_dim=64,
-    attention_head_dim=8, norm_num_groups=32,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    block_out_channels=[64, 128], layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
 )
 SCHEDULER_CONFIG = dict(
     _class_name="EulerDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085,

@@ -19,8 +19,8 @@ MODEL = "resources/models/loom-shapes"
 # what and where are decided, it follows the prompt better than no guidance on every measure,
 # and the unguided second half costs one UNet row per step instead of two.
 GUIDANCE = 5.0
-GUIDANCE_INTERVAL = (0.0, 0.5)
-RESCALE = 0.5
+GUIDANCE_INTERVAL = (0.0, 0.4)
+RESCALE = 0.7
 STEPS = 20
 
 
