@@ -3,7 +3,7 @@ at 8×8 here), larger ones keep oneDNN; the switch is scoped to the call and cha
 only by float rounding."""
 import torch
 
-from nodes.lib.denoise import SMALL_CPU_LATENT_PIXELS, _conv_backend
+from nodes.lib.denoise import _conv_backend
 
 
 def _seen_inside(x):
@@ -13,9 +13,8 @@ def _seen_inside(x):
 
 def test_small_cpu_latents_use_the_native_convolution_and_the_flag_comes_back():
     before = torch.backends.mkldnn.enabled
-    assert SMALL_CPU_LATENT_PIXELS == 64
     assert _seen_inside(torch.zeros(2, 4, 8, 8)) is False
-    assert _seen_inside(torch.zeros(1, 4, 16, 16)) is before   # SD-sized latents: untouched
+    assert _seen_inside(torch.zeros(1, 4, 16, 16)) is before   # larger latents keep oneDNN
     assert _seen_inside(torch.zeros(1, 4, 64, 64)) is before
     assert torch.backends.mkldnn.enabled is before
 

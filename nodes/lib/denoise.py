@@ -50,7 +50,8 @@ def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
 # Latents at most this many pixels (8×8: a 64×64 image) run their convolutions on PyTorch's
 # native CPU path instead of oneDNN: at that size a convolution is per-call overhead (oneDNN
 # re-lays out the weights on every call), and the built-in model's UNet call measured 17-23 %
-# faster; at 16×16 and 32×32 the two were even. benchmarks/bench_sd.py times it.
+# faster; at 16×16 and 32×32 the two were even. benchmarks/bench_sd.py times it. The flag is
+# process-wide: the engine runs one node at a time, so nothing else convolves meanwhile.
 SMALL_CPU_LATENT_PIXELS = 64
 
 
