@@ -102,14 +102,14 @@ def default_scale(renderer) -> float:
 
 
 def test_default_workflow_images_follow_the_prompt_and_its_position(renderer):
-    """At the default workflow's guidance (scale 5 on the first 40 % of the denoising, rescale
+    """At the default workflow's guidance (scale 5 on the first half of the denoising, rescale
     0.7) colour, background, position and shape follow the prompt. The prompts name six
     different positions: the shape goes where the caption says, not where the seed's noise
     happens to put it."""
     got = evaluate.score_prompts(renderer, PROMPTS, [1, 2, 3, 4], default_scale(renderer))
     assert got["colour"] >= 0.85 and got["background"] >= 0.9, got
-    assert got["position"] >= 0.8, got       # measured 1.0 (24 of 24)
-    assert got["shape"] >= 0.75, got         # measured 0.917 (22 of 24)
+    assert got["position"] >= 0.8, got       # measured 1.0 (24 of 24); colour 0.96
+    assert got["shape"] >= 0.75, got         # measured 0.79 (19 of 24)
 
 
 def test_guidance_makes_images_follow_the_prompt_better(renderer):
@@ -121,7 +121,7 @@ def test_guidance_makes_images_follow_the_prompt_better(renderer):
     for m in evaluate.MEASURES:
         assert strong[m] >= weak[m], (m, strong, weak)
     gain = sum(strong[m] - weak[m] for m in evaluate.MEASURES)
-    # measured +0.17: colour 0.98 vs 0.92, shape 0.77 vs 0.69, position 0.98 vs 0.96, background 1
+    # measured +0.25: colour 0.96 vs 0.81, position 1.0 vs 0.90, shape 0.83 and background 1 both
     assert gain >= 0.15, (strong, weak)
 
 
@@ -137,7 +137,7 @@ def test_inpaint_blend_puts_the_shape_in_the_mask_and_keeps_the_rest():
     """The red circle under the mask gives way to the prompted yellow star; the border stays."""
     result = evaluate.inpaint_check(None, seeds=list(range(1, 9)))
     assert result["unmasked_change"] < 4.0, result  # composited back: nearly the original
-    assert result["yellow_in_mask"] >= 0.375, result
+    assert result["yellow_in_mask"] >= 0.75, result  # measured 1.0; stars 0.75
     assert result["red_left"] <= 0.125, result
 
 
@@ -148,10 +148,10 @@ def test_autoencoder_alone_gives_back_colours_positions_and_shapes():
     got = evaluate.autoencoder_ceiling(None, n=150)
     for m in ("colour", "background", "position", "shape circle"):
         assert got[m] >= 0.95, (m, got)
-    assert got["shape"] >= 0.8, got         # measured 0.89 (150 scenes)
+    assert got["shape"] >= 0.8, got         # measured 0.85 (150 scenes)
     assert got["shape large"] >= 0.9, got   # measured 0.99
-    assert got["shape small"] >= 0.65, got  # measured 0.79 (0.28 before the outline-weighted
-    assert got["shape"] > got["shape small"], got  # decoder fine-tune)
+    assert got["shape small"] >= 0.65, got  # measured 0.69 (0.28 before outline-weighted
+    assert got["shape"] > got["shape small"], got  # losses)
 
 
 @pytest.mark.parametrize("name", ["negative_prompt", "img2img", "inpaint", "upscale",
