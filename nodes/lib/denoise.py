@@ -55,17 +55,12 @@ def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
 SMALL_CPU_LATENT_PIXELS = 64
 
 
-@contextlib.contextmanager
 def _conv_backend(x: torch.Tensor):
+    """The context to run the UNet on x in: oneDNN off for small CPU latents (PyTorch's own
+    flag context, which restores the previous settings), unchanged otherwise."""
     if x.device.type != "cpu" or x.shape[-2] * x.shape[-1] > SMALL_CPU_LATENT_PIXELS:
-        yield
-        return
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
+        return contextlib.nullcontext()
+    return torch.backends.mkldnn.flags(enabled=False)
 
 
 class UNetDenoiser:
