@@ -57,10 +57,12 @@ SMALL_CPU_LATENT_PIXELS = 64
 
 def _conv_backend(x: torch.Tensor):
     """The context to run the UNet on x in: oneDNN off for small CPU latents (PyTorch's own
-    flag context, which restores the previous settings), unchanged otherwise."""
+    flag context, which restores the previous settings; None leaves its other flags alone),
+    unchanged otherwise."""
     if x.device.type != "cpu" or x.shape[-2] * x.shape[-1] > SMALL_CPU_LATENT_PIXELS:
         return contextlib.nullcontext()
-    return torch.backends.mkldnn.flags(enabled=False)
+    return torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None,
+                                       fp32_precision=None)
 
 
 class UNetDenoiser:
