@@ -70,24 +70,51 @@ class _ProgressPrinter:
             self.stream.flush()
 
 
+def _clean_stale_temp_files(*folders) -> None:
+    """Remove temp files that killed Loom processes left in these folders (engine/files.py)."""
+    from engine.files import clean_stale_temp_files
+
+    for folder in folders:
+        clean_stale_temp_files(folder)
+
+
+def _refused_by_system(exc: BaseException) -> int:
+    """The last resort before a run: a path the system refuses (a symlink loop, a name too
+    long, an unreadable folder) that no check named first is an input error, said plainly on
+    one line, never a traceback."""
+    what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    where = getattr(exc, "filename", None)
+    print(f"error: {f'{where}: ' if where else ''}{what}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides
+    from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides, ignored_values
     from engine.errors import LoomError, ValidationError, WorkflowError
+    from engine.validate import check_known_types
 
     path = Path(args.workflow) if args.workflow else DEFAULT_WORKFLOW
+    _clean_stale_temp_files(args.out, path.parent)
     try:
         session = Session(_registry())
         graph = session.load(path, check=False)
+        check_known_types(graph, session.registry)  # before overrides, outputs or values
         apply_overrides(graph, session.registry, args.set or [])
+        for warning in ignored_values(graph, session.registry, args.set or []):
+            print(f"warning: {warning}", file=sys.stderr)
         printer = _ProgressPrinter()
         handle = session.executor.submit(
-            graph, None, session.options(graph, args.out, args.device), printer)
+            graph, None, session.options(graph, args.out, args.device,
+                                         {"check_mutations": True} if args.check_inputs
+                                         else None), printer)
     except (ValidationError, WorkflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except LoomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _refused_by_system(exc)
     try:
         result = handle.result()
     except KeyboardInterrupt:
@@ -95,6 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = handle.result()
     for f in result.files:
         print(f)
+    for nid, ui in result.ui.items():
+        for warning in ui.get("warnings") or ():
+            print(f"warning: node '{nid}': {warning}", file=sys.stderr)
     for err in result.errors.values():
         print(f"error: {err}", file=sys.stderr)
         if args.verbose:
@@ -106,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from engine.errors import LoomError
+    from engine.node import LINKED
 
     try:
         registry = _registry()
@@ -129,6 +160,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
                 extra.append("choices " + "|".join(map(str, inp.choices)))
             if inp.optional:
                 extra.append("optional")
+            for other, cond in (inp.ignored_when or {}).items():
+                extra.append(f"ignored when {other} " + ("is connected" if cond == LINKED
+                                                          else f"is {cond!r}"))
             print(f"    in  {inp.name}: {inp.type}" + (f"  [{', '.join(extra)}]" if extra else ""))
         for out in spec.outputs:
             print(f"    out {out.name}: {out.type}")
@@ -156,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
+    run.add_argument("--check-inputs", action="store_true",
+                     help="fail a node that changes a value it was given in place (hashes every "
+                          "input before and after each node; slower; for node authors)")
     nodes = sub.add_parser("nodes", help="list the node catalogue")
     nodes.add_argument("--json", action="store_true")
     return parser

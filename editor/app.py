@@ -72,6 +72,23 @@ def offer_recovery(window: Any, answer: str | None = None) -> bool:
     return restored
 
 
+def clean_stale_temp_files(window: Any, file: str | None = None) -> None:
+    """Remove temp files that killed Loom processes left (engine/files.py) where this editor
+    writes: the output folder, the recovery folder, and the folders of the workflow being
+    opened and of the recent files. Other files are never touched."""
+    from editor.document import recovery_dir
+    from engine.files import clean_stale_temp_files as clean
+
+    folders = {Path(window.output_dir), recovery_dir()}
+    for f in ([file] if file else []) + list(window.recent_files()):
+        folders.add(Path(f).parent)
+    for folder in folders:
+        try:
+            clean(folder)
+        except OSError:
+            pass
+
+
 def _exec(app: Any) -> int:
     """Runs Qt's event loop as an asyncio loop (qasync), so runs are awaited, not polled."""
     try:
@@ -132,6 +149,7 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
                 app.exit(1)
             return
         window.attach(s)
+        clean_stale_temp_files(window, file)
         restored = False if (file or screenshot) else offer_recovery(window)
         if file:
             if not window.load_file(file):
@@ -150,10 +168,14 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
                 QTimer.singleShot(400, take_screenshot)
 
     def take_screenshot() -> None:
-        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        ok = window.grab().save(str(screenshot))
-        if not ok:
-            print(f"could not write {screenshot}", file=sys.stderr)
+        from editor.document import image_bytes
+        from engine.files import write_atomic
+
+        try:
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(screenshot, image_bytes(window.grab().toImage(), "PNG"))
+        except (OSError, ValueError) as exc:
+            print(f"could not write {screenshot}: {exc}", file=sys.stderr)
             status["code"] = 1
         window.doc.discard_recovery()
         window.doc.undo.setClean()

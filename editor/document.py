@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QLockFile, QObject, QStandardPaths, QTimer, Signal
-from PySide6.QtGui import QUndoStack
+from PySide6.QtCore import QBuffer, QIODevice, QLockFile, QObject, QStandardPaths, QTimer, Signal
+from PySide6.QtGui import QImage, QUndoStack
 
 from engine.errors import LoomError
 from engine.graph import Graph
@@ -31,6 +31,16 @@ from engine.workflow import (
 )
 
 AUTOSAVE_DELAY_MS = 400
+
+
+def image_bytes(image: QImage, fmt: str = "PNG") -> bytes:
+    """`image` encoded in memory ("PNG", "JPG", "WEBP", ...), to be written with
+    engine.files.write_atomic (never half a file) instead of QImage.save(path)."""
+    buf = QBuffer()
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    if image.isNull() or not image.save(buf, fmt):
+        raise ValueError(f"cannot encode the image as {fmt}")
+    return bytes(buf.data())
 
 
 def recovery_dir() -> Path:

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor import fields, theme
-from engine.node import Input, NodeSpec, Output
+from engine.node import Input, NodeSpec, Output, ignored_inputs
 
 if TYPE_CHECKING:
     from editor.scene import GraphScene
@@ -259,6 +259,7 @@ class NodeItem(QGraphicsItem):
         self.node_id = node_id
         self.type_id = type_id
         self.spec = spec
+        self._ignored_shown: dict[str, str] = {}
         self.title = spec.title if spec else f"{type_id} (unknown)"
         self.rows: list[Row] = []
         self.in_sockets: dict[str, SocketItem] = {}
@@ -316,7 +317,9 @@ class NodeItem(QGraphicsItem):
 
     def apply_ui(self, ui: dict[str, Any]) -> None:
         pos = ui.get("pos")
-        if isinstance(pos, (list, tuple)) and len(pos) == 2:
+        if isinstance(pos, (list, tuple)) and len(pos) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in pos):  # a hand-edited file may hold anything here: ignore it then
             p = QPointF(float(pos[0]), float(pos[1]))
             if p != self.pos():
                 self.setPos(p)
@@ -511,7 +514,33 @@ class NodeItem(QGraphicsItem):
     def field_rect(self, row: Row) -> QRectF:
         return QRectF(PAD + 4, row.y + 2, self.width - 2 * PAD - 8, row.h - 4)
 
+    def ignored(self) -> dict[str, str]:
+        """Inputs that have no effect as the node is wired and set (engine.node.ignored_inputs):
+        drawn greyed out, with the reason in the tooltip."""
+        n = self.node
+        if self.spec is None or n is None:
+            return {}
+        linked = {inp for (dst, inp) in self.ctl.graph.links if dst == self.node_id}
+        return ignored_inputs(self.spec, n.values, linked)
+
     def _paint_field(self, painter: QPainter, row: Row) -> None:
+        inp = row.input
+        assert inp is not None
+        ignored = self.ignored()
+        if ignored != self._ignored_shown:
+            self._ignored_shown = ignored
+            self._refresh_tooltip()
+        if inp.name in ignored and not self.linked(inp.name):
+            painter.save()
+            painter.setOpacity(0.35)
+            try:
+                self._paint_field_body(painter, row)
+            finally:
+                painter.restore()
+            return
+        self._paint_field_body(painter, row)
+
+    def _paint_field_body(self, painter: QPainter, row: Row) -> None:
         inp = row.input
         assert inp is not None
         kind = fields.kind_of(inp)
@@ -682,6 +711,10 @@ class NodeItem(QGraphicsItem):
             parts.append(f"<span style='color:#ef5350'><b>Error:</b> {_esc(self.error)}</span>")
         if self.problem:
             parts.append(f"<span style='color:#e0b050'>{_esc(self.problem)}</span>")
+        self._ignored_shown = self.ignored()
+        for name, why in self._ignored_shown.items():
+            parts.append(f"<span style='color:#8b8f96'>{_esc(name)} is ignored: "
+                         f"{_esc(why)}</span>")
         self.setToolTip("<br>".join(parts))
 
     # interaction ---------------------------------------------------------------------------

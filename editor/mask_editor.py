@@ -216,12 +216,16 @@ class MaskEditor(QDialog):
         return self.base_dir / "masks" / f"{stem}_{self.node_id}_{self.input}.png"
 
     def save(self) -> Path:
+        from editor.document import image_bytes
+        from engine.files import write_atomic
+
         path = self.mask_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        if not self.canvas.mask.save(str(tmp), "PNG"):
-            raise OSError(f"could not write {path}")
-        tmp.replace(path)
+        try:
+            data = image_bytes(self.canvas.mask, "PNG")
+        except ValueError as exc:
+            raise OSError(f"could not write {path}: {exc}") from None
+        write_atomic(path, data)  # complete or not at all; a symlink's target is replaced
         self.scene.set_value(self.node_id, self.input, self.scene.portable_path(str(path)))
         return path
 

@@ -3,7 +3,6 @@ problems list (validation problems before a run, node errors after one)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,12 +214,19 @@ class ImageViewer(QWidget):
         cur = self.current
         if cur is None:
             raise ValueError("no image to save")
+        from editor.document import image_bytes
+        from engine.files import write_atomic
+
         target = Path(path)
         if cur.file and Path(cur.file).is_file() and target.suffix.lower() == \
                 Path(cur.file).suffix.lower():
-            shutil.copyfile(cur.file, target)
-        elif not cur.image.save(str(target)):
-            raise OSError(f"could not write {target}")
+            data = Path(cur.file).read_bytes()
+        else:
+            try:
+                data = image_bytes(cur.image, target.suffix[1:].upper() or "PNG")
+            except ValueError as exc:
+                raise OSError(f"could not write {target}: {exc}") from None
+        write_atomic(target, data)  # complete or not at all, never half an image
 
     def save_as_dialog(self) -> None:
         cur = self.current

@@ -87,6 +87,16 @@ class RunController(QObject):
                 self._finish(event.result)
 
     def cache_summary(self) -> str:
-        stats = self.session.cache.stats()
-        mb = stats["bytes"] / 2**20
-        return f"cache: {stats['entries']} results, {mb:.1f} MB"
+        """What the process's memory budget holds: loaded models and cached results, each with
+        its own count and size (engine.memory), against the budget."""
+        pools = self.session.cache.memory.stats()
+        res = pools.get("results", {"count": 0, "bytes": 0})
+        mod = pools.get("models", {"count": 0, "bytes": 0})
+        budget = pools.get("budget", {"bytes": 0})["bytes"]
+        text = (f"models: {mod['count']}, {_size(mod['bytes'])} · "
+                f"cache: {res['count']} results, {_size(res['bytes'])}")
+        return text + (f" (of {_size(budget)})" if budget else "")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,12 @@ from PySide6.QtWidgets import (
 from editor import commands, fields, theme
 from editor.document import Document
 from editor.items import EdgeItem, GroupItem, NodeItem, SocketItem, snap, wire_path
-from engine.errors import Problem
+from engine.errors import LoomError, Problem
 from engine.graph import Graph, GraphEvent
 from engine.node import Input
 from engine.paths import PROJECT_ROOT
 from engine.registry import Registry
-from engine.workflow import SCHEMA_VERSION, graph_to_document, parse_document
+from engine.workflow import graph_to_document, read_fragment, unknown_types
 
 CLIPBOARD_MIME = "application/x-loom-workflow"
 SCENE_EXTENT = 100_000.0
@@ -280,65 +281,71 @@ class GraphScene(QGraphicsScene):
         doc["loom_clipboard"] = 1
         return json.dumps(doc, indent=1)
 
-    def paste_text(self, text: str, pos: QPointF | None = None) -> list[str]:
-        """Paste a workflow document (from this or another window); new ids, one undo step,
-        the pasted nodes selected. Returns the new node ids."""
+    def paste_text(self, text: str, pos: QPointF | None = None,
+                   verb: str = "Pasted") -> list[str]:
+        """Paste a workflow document (from this or another window, or an older Loom). The
+        engine reads it as it reads a file (schema and node-version migrations, structural
+        checks; links from nodes outside it dropped), then its nodes are added under new ids
+        as one undo step, at `pos`, and selected. What happened, or why nothing was pasted,
+        goes to the status bar. Returns the new node ids."""
         try:
-            doc = parse_document(text)
-        except Exception:  # noqa: BLE001 - whatever is on the clipboard, never crash on it
+            frag = read_fragment(text, self.registry)
+        except LoomError as exc:
+            self.message.emit(f"Nothing pasted: {exc}")
             return []
-        nodes = doc.get("nodes")
-        if not isinstance(nodes, dict) or not nodes or doc.get("schema_version",
-                                                               SCHEMA_VERSION) > SCHEMA_VERSION:
+        except Exception as exc:  # noqa: BLE001 - whatever is on the clipboard, never crash on it
+            self.message.emit(f"Nothing pasted: unreadable clipboard ({type(exc).__name__})")
             return []
-        positions = [n.get("ui", {}).get("pos") for n in nodes.values() if isinstance(n, dict)]
-        positions = [p for p in positions if isinstance(p, list) and len(p) == 2]
-        x0 = min((p[0] for p in positions), default=0)
-        y0 = min((p[1] for p in positions), default=0)
+        if not frag.nodes:
+            self.message.emit("Nothing pasted: the clipboard holds no nodes")
+            return []
+
+        def xy(n) -> tuple[float, float] | None:
+            p = n.ui.get("pos")
+            if isinstance(p, (list, tuple)) and len(p) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) for v in p):
+                return float(p[0]), float(p[1])
+            return None
+
+        positions = [p for p in map(xy, frag.nodes.values()) if p is not None]
+        x0 = min((p[0] for p in positions), default=0.0)
+        y0 = min((p[1] for p in positions), default=0.0)
         if pos is None:
             pos = QPointF(x0 + 40, y0 + 40)
         taken = set(self.graph.nodes)
         mapping: dict[str, str] = {}
-        for old in nodes:
-            base = old
-            new = base
-            i = 2
+        for old in frag.nodes:
+            new, i = old, 2
             while new in taken:
-                new = f"{base}_{i}"
+                new = f"{old}_{i}"
                 i += 1
             taken.add(new)
             mapping[old] = new
         cmds = []
-        links = []
-        for old, n in nodes.items():
-            if not isinstance(n, dict) or not isinstance(n.get("type"), str):
-                continue
-            values, ui = {}, dict(n.get("ui") or {})
-            for name, value in (n.get("inputs") or {}).items():
-                if isinstance(value, dict):
-                    if value.get("node") in mapping and isinstance(value.get("output"), str):
-                        links.append((mapping[value["node"]], value["output"], mapping[old],
-                                      name))
-                elif value is None or isinstance(value, (str, int, float, bool)):
-                    values[name] = value
-            p = ui.get("pos") if isinstance(ui.get("pos"), list) else [x0, y0]
-            ui["pos"] = [round(pos.x() + p[0] - x0, 1), round(pos.y() + p[1] - y0, 1)]
-            version = n.get("version") if isinstance(n.get("version"), str) else None
-            cmds.append(commands.AddNode(self.graph, n["type"], mapping[old], values, ui,
-                                         version))
-        if not cmds:
-            return []
+        for old, n in frag.nodes.items():
+            p = xy(n) or (x0, y0)
+            ui = {**n.ui, "pos": [round(pos.x() + p[0] - x0, 1), round(pos.y() + p[1] - y0, 1)]}
+            cmds.append(commands.AddNode(self.graph, n.type, mapping[old], n.values, ui,
+                                         n.version))
         self.doc.undo.beginMacro(f"Paste {len(cmds)} node{'s' if len(cmds) != 1 else ''}")
         for c in cmds:
             self.push(c)
-        for src, out, dst, inp in links:
-            self.push(commands.Connect(self.graph, src, out, dst, inp))
+        for (dst, inp), link in frag.links.items():
+            self.push(commands.Connect(self.graph, mapping[link.node], link.output,
+                                       mapping[dst], inp))
         self.doc.undo.endMacro()
         self.clearSelection()
         for c in cmds:
             item = self.node_items.get(c.node_id)
             if item is not None:
                 item.setSelected(True)
+        note = f"{verb} {len(cmds)} node{'s' if len(cmds) != 1 else ''}"
+        unknown = unknown_types(frag, self.registry)
+        if unknown:
+            note += (f"; unknown node type{'s' if len(unknown) != 1 else ''} "
+                     f"{', '.join(unknown)} kept as placeholders (they cannot run here)")
+        self.message.emit(note)
         return [c.node_id for c in cmds]
 
     def duplicate_selected(self) -> list[str]:
@@ -348,7 +355,7 @@ class GraphScene(QGraphicsScene):
         items = [self.node_items[n] for n in self.selected_node_ids()]
         x0 = min(i.x() for i in items)
         y0 = min(i.y() for i in items)
-        return self.paste_text(text, QPointF(x0 + 30, y0 + 30))
+        return self.paste_text(text, QPointF(x0 + 30, y0 + 30), verb="Duplicated")
 
     def toggle_collapsed(self, ids: list[str]) -> None:
         if not ids:

@@ -447,18 +447,16 @@ class MainWindow(QMainWindow):
     def paste(self) -> list[str]:
         mime = QGuiApplication.clipboard().mimeData()
         if mime is None:
+            self.say("Nothing pasted: the clipboard is empty")
             return []
         if mime.hasFormat(CLIPBOARD_MIME):
-            text = bytes(mime.data(CLIPBOARD_MIME)).decode("utf-8")
+            text = bytes(mime.data(CLIPBOARD_MIME)).decode("utf-8", errors="replace")
         else:
             text = mime.text()
         pos = self.view.mapToScene(self.view.mapFromGlobal(self.cursor().pos()))
         if not self.view.viewport().rect().contains(self.view.mapFromScene(pos)):
             pos = self.view.mapToScene(self.view.viewport().rect().center())
-        ids = self.scene.paste_text(text, pos)
-        if ids:
-            self.say(f"Pasted {len(ids)} node(s)")
-        return ids
+        return self.scene.paste_text(text, pos)  # it says what it pasted, or why not
 
     def select_all(self) -> None:
         for item in self.scene.node_items.values():
@@ -616,7 +614,10 @@ class MainWindow(QMainWindow):
             self.problems_dock.raise_()
         else:
             head = "Done"
-        self.say(f"{head} in {result.elapsed:.2f}s — {ran} ran, {cached} cached")
+        warnings = [f"{nid}: {w}" for nid, ui in result.ui.items()
+                    for w in ui.get("warnings") or ()]  # e.g. a PNG saved without its workflow
+        self.say(f"{head} in {result.elapsed:.2f}s — {ran} ran, {cached} cached"
+                 + "".join(f" — {w}" for w in warnings))
         self.cache_label.setText(self.runner.cache_summary())
         if result.ok:
             self.scene.randomize_after_run()

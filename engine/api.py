@@ -19,6 +19,7 @@ from engine.cache import ResultCache
 from engine.errors import LoomError, Problem, ValidationError
 from engine.executor import Event, Executor, RunResult
 from engine.graph import Graph
+from engine.node import ignored_inputs
 from engine.paths import PROJECT_ROOT
 from engine.registry import Registry, default_registry
 from engine.workflow import dumps, load_workflow, save_workflow
@@ -89,6 +90,24 @@ def apply_overrides(graph: Graph, registry: Registry, overrides: Iterable[str]) 
         raise OverrideError(problems)
 
 
+def ignored_values(graph: Graph, registry: Registry,
+                   targets: Iterable[str] | None = None) -> list[str]:
+    """Warnings for inputs that have no effect as the graph is wired (a seed whose node
+    continues another node's random stream), for the "ID.INPUT" `targets` (every such input
+    when None)."""
+    wanted = None if targets is None else {t.partition("=")[0].strip() for t in targets}
+    ins = graph.inputs_by_node()
+    out: list[str] = []
+    for nid, n in graph.nodes.items():
+        spec = registry.get(n.type)
+        if spec is None:
+            continue
+        for name, why in ignored_inputs(spec, n.values, set(ins.get(nid, {}))).items():
+            if wanted is None or f"{nid}.{name}" in wanted:
+                out.append(f"node '{nid}' ({n.type}) input '{name}' is ignored: {why}")
+    return out
+
+
 class Session:
     """A registry, a result cache and an executor: what a script or the CLI needs to run."""
 
@@ -119,9 +138,15 @@ class Session:
     def options(self, graph: Graph, output_dir: str | os.PathLike = "out", device: str = "auto",
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         source = graph.ui.get("_source")
+        try:
+            out = str(Path(output_dir).resolve())
+        except (OSError, RuntimeError, ValueError):
+            # a symlink loop or a name the system refuses: kept as given (made absolute) for
+            # the Save nodes' pre-run check to name it
+            out = os.path.abspath(os.fspath(output_dir))
         opts: dict[str, Any] = {
             "device": device,
-            "output_dir": str(Path(output_dir).resolve()),
+            "output_dir": out,
             "base_dir": str(Path(source).parent) if source else os.getcwd(),
             "workflow_json": dumps(_without_private_ui(graph)),
         }
@@ -135,5 +160,5 @@ def _without_private_ui(graph: Graph) -> Graph:
     return g
 
 
-__all__ = ["Session", "OverrideError", "apply_overrides", "set_value", "DEFAULT_WORKFLOW",
-           "LoomError"]
+__all__ = ["Session", "OverrideError", "apply_overrides", "set_value", "ignored_values",
+           "DEFAULT_WORKFLOW", "LoomError"]

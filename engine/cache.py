@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_BUDGET = 4 * 1024**3
+from engine.memory import MemoryBudget, default_budget
+
 _PLAIN = (int, float, bool, str, bytes, bytearray, type(None))
 
 
@@ -62,26 +63,47 @@ class Entry:
     size: int
     compute_s: float
     last_used: float = field(default_factory=time.monotonic)
+    run: int | None = None  # the last graph run that used it (protected while it runs)
 
     def value_per_byte(self) -> float:
         return self.compute_s / max(self.size, 1)
 
 
 class ResultCache:
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET):
-        self.budget_bytes = budget_bytes
+    """Cached node results: a pool of the memory budget (engine.memory) it shares with the
+    loaded models. `ResultCache(budget_bytes)` gets a budget of its own; `ResultCache()` joins
+    the process's one budget, as a Session's cache does."""
+
+    name = "results"
+    priority = 1  # loaded models go first
+
+    def __init__(self, budget_bytes: int | None = None, memory: MemoryBudget | None = None):
+        if memory is None:
+            memory = MemoryBudget(budget_bytes) if budget_bytes is not None else default_budget()
+        self.memory = memory
         self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
         self.total_bytes = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        memory.register(self)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.memory.budget_bytes
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
+
+    def count(self) -> int:
+        return len(self._entries)
+
+    def nbytes(self) -> int:
+        return self.total_bytes
 
     def peek(self, key: str) -> Entry | None:
         """The entry, if any, without counting a hit or a miss or touching its age."""
@@ -96,6 +118,7 @@ class ResultCache:
                 return None
             self.hits += 1
             entry.last_used = time.monotonic()
+            entry.run = self.memory.current_run
             return entry
 
     def put(self, key: str, outputs: dict[str, Any], ui: dict[str, Any], compute_s: float) -> None:
@@ -106,26 +129,36 @@ class ResultCache:
             if size > self.budget_bytes:
                 self._entries.pop(key, None)
                 return
-            self._entries[key] = Entry(outputs, ui, size, compute_s)
+            self._entries[key] = Entry(outputs, ui, size, compute_s, run=self.memory.current_run)
             self.total_bytes += size
-            self._evict()
+        self.memory.make_room()
 
-    def _evict(self) -> None:
-        if self.total_bytes <= self.budget_bytes:
-            return
-        order = sorted(self._entries.items(),
-                       key=lambda kv: (kv[1].value_per_byte(), kv[1].last_used))
-        for key, entry in order:
-            if self.total_bytes <= self.budget_bytes:
-                break
-            del self._entries[key]
+    def evict_one(self, protect_run: int | None) -> int:
+        """Drop the entry cheapest to lose (lowest recompute time per byte, then the least
+        recently used) that the running graph has not used; the bytes freed."""
+        with self._lock:
+            candidates = [(e.value_per_byte(), e.last_used, k) for k, e in self._entries.items()
+                          if protect_run is None or e.run != protect_run]
+            if not candidates:
+                return 0
+            key = min(candidates)[2]
+            entry = self._entries.pop(key)
             self.total_bytes -= entry.size
             self.evictions += 1
+            return max(entry.size, 1)
+
+    def discard(self, key: str) -> bool:
+        """Drop one entry (e.g. a value found changed in place); True if it was there."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            self.total_bytes -= entry.size
+            return True
 
     def set_budget(self, budget_bytes: int) -> None:
-        with self._lock:
-            self.budget_bytes = budget_bytes
-            self._evict()
+        """Set the budget this cache shares (with the models, for a Session's cache)."""
+        self.memory.set_budget(budget_bytes)
 
     def clear(self) -> None:
         with self._lock:

@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import integrity
 from engine.cache import ResultCache
-from engine.errors import Cancelled, LoomError, NodeError, NodeInputError
+from engine.errors import Cancelled, LoomError, NodeError, NodeInputError, Problem, ValidationError
 from engine.graph import Graph, Link
-from engine.node import NodeSpec, RunContext
+from engine.node import Input, NodeSpec, RunContext
 from engine.paths import file_identity, resolve_path
 from engine.registry import Registry
-from engine.validate import validate
+from engine.types import PRIMITIVES
+from engine.validate import problems, unknown_type_problems
 
 KEYED_OPTIONS = ("device", "output_dir")
 """Run options that change what nodes produce, and so are part of cache keys."""
@@ -166,10 +168,30 @@ class Executor:
     ) -> RunHandle:
         """Validate now (raises ValidationError), then run on the worker thread."""
         snapshot = graph.copy()
-        targets = self._targets(snapshot, outputs)
+        # Node types this Loom does not know (a missing plugin, a typo) come first, each by id
+        # and type: without them nothing else (not even which nodes are outputs) can be trusted
+        unknown = unknown_type_problems(snapshot, self.registry)
+        try:
+            targets = self._targets(snapshot, outputs)
+        except LoomError as exc:
+            if unknown:
+                raise ValidationError([*unknown, Problem("no_output", str(exc))]) from None
+            raise
         ins = snapshot.inputs_by_node()
         needed = self._ancestors(snapshot, targets, ins)
-        validate(snapshot, self.registry, only=needed)
+        found = problems(snapshot, self.registry, only=needed)
+        if outputs is None:
+            # running every output node: an unknown node might have been one of them
+            found = [p for p in unknown if p not in found] + found
+        # Pre-run checks (path inputs, each node's `preflight` hook: output folders, memory,
+        # prompt length) of the needed nodes that passed validation, reported with its problems
+        from engine.preflight import preflight_problems
+
+        flagged = {p.node_id for p in found}
+        found += preflight_problems(snapshot, self.registry,
+                                    {n for n in needed if n not in flagged}, dict(options or {}))
+        if found:
+            raise ValidationError(found)
         cancel = threading.Event()
         run_id = next(self._ids)
         future = self._pool.submit(self._run, run_id, snapshot, targets, needed,
@@ -283,6 +305,15 @@ class Executor:
              options: dict[str, Any], on_event: Callable[[Event], None] | None,
              cancel: threading.Event,
              ins: dict[str, dict[str, Link]] | None = None) -> RunResult:
+        # what this run uses (cached results, loaded models) is not evicted while it runs
+        with self.cache.memory.run():
+            return self._run_graph(run_id, graph, targets, needed, options, on_event, cancel,
+                                   ins)
+
+    def _run_graph(self, run_id: int, graph: Graph, targets: list[str], needed: set[str],
+                   options: dict[str, Any], on_event: Callable[[Event], None] | None,
+                   cancel: threading.Event,
+                   ins: dict[str, dict[str, Link]] | None = None) -> RunResult:
         t_start = time.perf_counter()
         emit = _guarded(on_event)
         if ins is None:
@@ -373,16 +404,30 @@ class Executor:
             emit(Progress(run_id, nid, step, total, preview))
 
         ctx = RunContext(nid, spec.type_id, options, progress, cancel.is_set)
+        check = integrity.enabled(options)
+        before: dict[str, str] = {}
         try:
             instance = spec.cls()
             for name, inp in spec.inputs.items():
                 link = links.get(name)
                 if link is not None:
                     value = result.outputs[link.node][link.output]
+                    _check_linked_value(inp, value, link)
+                    if check:
+                        before[name] = integrity.fingerprint(value)
                 else:
                     value = node.values.get(name, inp.default if inp.has_default else None)
                 setattr(instance, name, value)
             outputs = spec.normalise_result(instance.run(ctx))
+            for name, digest in before.items():
+                link = links[name]
+                if integrity.fingerprint(result.outputs[link.node][link.output]) != digest:
+                    # the upstream result (and its cache entry) is no longer what it computed
+                    self.cache.discard(result.keys[link.node])
+                    raise NodeInputError(
+                        name, f"this node changed its input (the value of "
+                        f"'{link.node}.{link.output}') in place; a node must treat its inputs "
+                        "as read-only (clone a tensor before changing it)")
         except Cancelled:
             elapsed = time.perf_counter() - t0
             result.cancelled = True
@@ -411,3 +456,14 @@ class Executor:
         if store:
             self.cache.put(result.keys[nid], outputs, ctx.ui, elapsed)
         emit(NodeStatus(run_id, nid, DONE, elapsed))
+
+
+def _check_linked_value(inp: Input, value: Any, link: Link) -> None:
+    """A value that arrives through a link gets the checks a typed-in constant gets (type,
+    finiteness, range, choices): an Arithmetic node's 1e309 must not reach `scale` as inf."""
+    if inp.type not in PRIMITIVES or (value is None and inp.optional):
+        return
+    problem = inp.problem(value)
+    if problem is not None:
+        raise NodeInputError(inp.name, f"{problem[1]} (the value from "
+                                       f"'{link.node}.{link.output}')")

@@ -14,6 +14,29 @@ The executor makes a fresh instance per run and sets every input as an attribute
 keeps no hidden state between runs. `run` returns a dict keyed by output name, a tuple in output
 order, or the bare value when there is exactly one output. Everything the editor and the CLI know
 about a node type comes from this metadata (`NodeSpec`).
+
+Pre-run checks. Validation checks each constant against its declared type and range; what only
+the node knows (an output folder that is not writable, a size that would not fit in memory, a
+prompt over the length limit, a model folder with a broken config) a node checks in an optional
+classmethod `preflight`, which `Executor.submit` calls for every node the run needs, after
+validation and before the first node runs:
+
+        @classmethod
+        def preflight(cls, values: dict, ctx: PreflightContext):
+            if len(values.get("text", "")) > MAX_PROMPT_CHARS:
+                yield "text", f"the prompt is over {MAX_PROMPT_CHARS} characters"
+
+`values` holds the node's constant inputs (defaults filled in); inputs fed by a link are absent,
+since their values are not known before the run. `ctx` (PreflightContext) gives the node id and
+type, the run options (`ctx.options`, `ctx.output_dir`, `ctx.base_dir`, `ctx.device`) and
+`ctx.resolve(value)`, which resolves a path input as `RunContext` users do. It returns or yields
+(input_name, message) pairs (input_name None for the node as a whole), or None. Each becomes a
+`Problem` (code "preflight", or a third item of the pair) naming the node id, type and input, and
+`submit` raises them all at once as a ValidationError. A preflight must be quick (it runs on the
+caller's thread, the editor's GUI thread included), must not change anything that outlives it,
+and must not import torch (heavy checks belong in `run`). A preflight that raises is reported
+as a problem of that node, never as a traceback. engine.preflight has shared checks (output
+folders, file prefixes, available memory).
 """
 
 from __future__ import annotations
@@ -30,6 +53,10 @@ from engine.types import BOOLEAN, FLOAT, INT, PRIMITIVES, STRING
 # ASCII digits only, and fullmatch (not `$`, which also matches before a trailing newline)
 _SEMVER = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _TYPE_ID = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+
+
+LINKED = "<connected>"
+"""In `Input.ignored_when`: the condition "that input is connected"."""
 
 
 class _Required:
@@ -67,6 +94,10 @@ class Input:
     """The value is a file or folder path: its content identity is folded into the cache key."""
     description: str = ""
     label: str | None = None
+    ignored_when: dict[str, Any] | None = None
+    """When this input has no effect: {other input: LINKED} (that input is connected) or
+    {other input: value} (it is set to that value); any one condition suffices. The editor greys
+    the field out and the CLI warns when it is set, so a seed is never ignored invisibly."""
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -156,6 +187,8 @@ class Input:
         for key in ("multiline", "optional", "connection_only", "path"):
             if getattr(self, key):
                 d[key] = True
+        if self.ignored_when:
+            d["ignored_when"] = dict(self.ignored_when)
         if self.description:
             d["description"] = self.description
         return d
@@ -268,6 +301,10 @@ def node(
             raise ValueError(f"{type_id}: duplicate output names {names}")
         if not callable(getattr(cls, "run", None)):
             raise TypeError(f"{type_id}: a node class needs a run(self, ctx) method")
+        hook = inspect.getattr_static(cls, "preflight", None)
+        if hook is not None and not isinstance(hook, (classmethod, staticmethod)):
+            raise TypeError(f"{type_id}: preflight must be a classmethod "
+                            "(@classmethod def preflight(cls, values, ctx))")
         # cleandoc: the editor shows the text, so drop the docstring's source indentation
         doc = description if description is not None else inspect.cleandoc(cls.__doc__ or "")
         cls.__loom_spec__ = NodeSpec(
@@ -286,6 +323,26 @@ def node(
         return cls
 
     return wrap
+
+
+def ignored_inputs(spec: NodeSpec, values: dict[str, Any],
+                   linked: set[str] | frozenset[str]) -> dict[str, str]:
+    """The inputs of a node that have no effect as it is wired and set, each with the reason
+    ("input 'after' is connected", "mode is 'mean'")."""
+    out: dict[str, str] = {}
+    for name, inp in spec.inputs.items():
+        for other, cond in (inp.ignored_when or {}).items():
+            if cond == LINKED:
+                if other in linked:
+                    out[name] = f"input '{other}' is connected"
+                    break
+            elif other not in linked:
+                current = values.get(other, spec.inputs[other].default
+                                     if other in spec.inputs else None)
+                if current == cond:
+                    out[name] = f"'{other}' is {cond!r}"
+                    break
+    return out
 
 
 def spec_of(cls: type) -> NodeSpec:
@@ -335,3 +392,32 @@ class RunContext:
     def set_ui(self, **values: Any) -> None:
         """Results meant for the user (written files, images to show); cached with the outputs."""
         self.ui.update(values)
+
+
+class PreflightContext:
+    """What a node's `preflight` classmethod may use: its identity and the run options."""
+
+    def __init__(self, node_id: str, node_type: str, options: dict[str, Any]):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.options = options
+
+    @property
+    def device(self) -> str:
+        return str(self.options.get("device", "auto"))
+
+    @property
+    def output_dir(self) -> str:
+        """The output folder the run writes into (as nodes read it: default "out")."""
+        return str(self.options.get("output_dir", "out"))
+
+    @property
+    def base_dir(self) -> str | None:
+        base = self.options.get("base_dir")
+        return str(base) if base else None
+
+    def resolve(self, value: str) -> Any:
+        """A path input's value resolved as the node's run() will resolve it (a Path)."""
+        from engine.paths import resolve_path
+
+        return resolve_path(value, self.options)

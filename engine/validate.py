@@ -12,7 +12,22 @@ from engine.registry import Registry
 def _unknown_types(graph: Graph, registry: Registry) -> Iterable[Problem]:
     for n in graph.nodes.values():
         if registry.get(n.type) is None:
-            yield Problem("unknown_node_type", f"unknown node type '{n.type}'", n.id, n.type)
+            yield Problem("unknown_node_type",
+                          f"unknown node type '{n.type}' (a node plugin that is not installed, "
+                          "or a misspelt type)", n.id, n.type)
+
+
+def unknown_type_problems(graph: Graph, registry: Registry) -> list[Problem]:
+    """One problem per node whose type is not registered, by node id."""
+    return list(_unknown_types(graph, registry))
+
+
+def check_known_types(graph: Graph, registry: Registry) -> None:
+    """Raise ValidationError naming every node of an unknown type (before anything else is
+    checked: overrides, outputs, values)."""
+    found = unknown_type_problems(graph, registry)
+    if found:
+        raise ValidationError(found)
 
 
 def _dangling_edges(graph: Graph, registry: Registry) -> Iterable[Problem]:
@@ -91,7 +106,24 @@ def _acyclic(graph: Graph, registry: Registry) -> Iterable[Problem]:
         yield Problem("cycle", f"the graph has a cycle: {path}", first.id, first.type)
 
 
-CHECKS = (_unknown_types, _dangling_edges, _types_match, _inputs_present_and_valid, _acyclic)
+def _paths_usable(graph: Graph, registry: Registry) -> Iterable[Problem]:
+    """Path inputs (Input(path=True)) that can never name a file: a NUL, a lone surrogate, a
+    name over 255 bytes, a path over PATH_MAX, a symlink loop (relative paths resolved as
+    without a workflow folder; Executor.submit checks them again with the run's options)."""
+    from engine.paths import path_access_problem, path_problem, resolve_path
+
+    for n in graph.nodes.values():
+        spec = registry.get(n.type)
+        for name, inp in (spec.inputs.items() if spec is not None else ()):
+            value = n.values.get(name)
+            if inp.path and isinstance(value, str) and value and (n.id, name) not in graph.links:
+                why = path_problem(value) or path_access_problem(resolve_path(value))
+                if why is not None:
+                    yield Problem("bad_path", why, n.id, n.type, name)
+
+
+CHECKS = (_unknown_types, _dangling_edges, _types_match, _inputs_present_and_valid, _paths_usable,
+          _acyclic)
 
 
 def find_cycle(graph: Graph) -> list[str] | None:

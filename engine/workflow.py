@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engine.errors import WorkflowError
+from engine.files import write_text_atomic
 from engine.graph import Graph, GraphError
 from engine.node import parse_semver
 from engine.registry import Registry
@@ -79,12 +80,21 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON document of a workflow file (.json, or a .png with an embedded workflow)."""
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # a folder, a FIFO (read would wait forever), /dev/zero (would never end)
+            raise WorkflowError("cannot read file: not a regular file (a folder, a FIFO or a "
+                                "device)", str(p))
+        size = st.st_size
         if size > MAX_FILE_BYTES:
             raise WorkflowError(f"file is too large ({size} bytes)", str(p))
-        data = p.read_bytes()
-    except OSError as exc:
-        raise WorkflowError(f"cannot read file: {exc.strerror or exc}", str(p)) from None
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:  # it grew after the check
+            raise WorkflowError(f"file is too large (over {MAX_FILE_BYTES} bytes)", str(p))
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or a lone surrogate in the path
+        raise WorkflowError(f"cannot read file: {getattr(exc, 'strerror', None) or exc}",
+                            str(p)) from None
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         text = png_text_chunks(data, str(p)).get(PNG_KEY)
         if text is None:
@@ -98,6 +108,14 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parse_document(text: str, source: str | None = None) -> dict[str, Any]:
+    """The JSON object of a workflow's text, however it arrived (a file, a PNG's text chunk,
+    the clipboard): the same MAX_FILE_BYTES limit (in UTF-8) applies to each."""
+    if not isinstance(text, str):
+        raise WorkflowError(f"a workflow must be text, got {type(text).__name__}", source)
+    if len(text) * 4 > MAX_FILE_BYTES and (
+            len(text) > MAX_FILE_BYTES
+            or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES):
+        raise WorkflowError(f"the workflow is too large (over {MAX_FILE_BYTES} bytes)", source)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -111,8 +129,15 @@ def parse_document(text: str, source: str | None = None) -> dict[str, Any]:
 
 
 def png_text_chunks(data: bytes, source: str | None = None) -> dict[str, str]:
-    """tEXt / zTXt / iTXt chunks of a PNG, parsed by hand (no image library needed)."""
+    """tEXt / zTXt / iTXt chunks of a PNG, parsed by hand (no image library needed).
+
+    Limits agree with what Loom writes: Save Image embeds the workflow uncompressed and keeps
+    the whole PNG within MAX_FILE_BYTES (the limit read_document applies to any file), and the
+    text decompressed from zTXt / compressed iTXt chunks may total MAX_FILE_BYTES, the size of
+    the largest .json workflow that opens -- in all chunks together, so that many small
+    compressed chunks cannot inflate into gigabytes."""
     out: dict[str, str] = {}
+    budget = [MAX_FILE_BYTES]
     pos = 8
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos:pos + 4])
@@ -127,13 +152,14 @@ def png_text_chunks(data: bytes, source: str | None = None) -> dict[str, str]:
                 out[key.decode("latin-1")] = value.decode("latin-1")
             elif ctype == b"zTXt":
                 key, _, rest = body.partition(b"\0")
-                out[key.decode("latin-1")] = _inflate(rest[1:]).decode("latin-1")
+                out[key.decode("latin-1")] = _inflate(rest[1:], budget).decode("latin-1")
             elif ctype == b"iTXt":
                 key, _, rest = body.partition(b"\0")
                 compressed, _method = rest[0], rest[1]
                 _lang, _, rest = rest[2:].partition(b"\0")
                 _tkey, _, value = rest.partition(b"\0")
-                out[key.decode("latin-1")] = (_inflate(value) if compressed else value).decode()
+                out[key.decode("latin-1")] = (_inflate(value, budget) if compressed
+                                              else value).decode()
             elif ctype == b"IEND":
                 break
         except (UnicodeDecodeError, IndexError, zlib.error) as exc:
@@ -144,11 +170,13 @@ def png_text_chunks(data: bytes, source: str | None = None) -> dict[str, str]:
     return out
 
 
-def _inflate(data: bytes) -> bytes:
+def _inflate(data: bytes, budget: list[int]) -> bytes:
+    """Decompress at most budget[0] bytes (what is left of the PNG's text allowance)."""
     d = zlib.decompressobj()
-    out = d.decompress(data, MAX_FILE_BYTES)
-    if d.unconsumed_tail:
-        raise zlib.error("text chunk too large")
+    out = d.decompress(data, max(budget[0], 1))
+    if d.unconsumed_tail or len(out) > budget[0]:
+        raise zlib.error(f"text chunks decompress to more than {MAX_FILE_BYTES} bytes")
+    budget[0] -= len(out)
     return out
 
 
@@ -286,6 +314,25 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
     return graph
 
 
+def read_fragment(text: str, registry: Registry, source: str | None = None) -> Graph:
+    """A piece of a workflow, such as the editor's clipboard, read as a file is read (schema
+    and node-version migrations, structural checks) but not validated: a fragment may leave
+    required inputs unconnected. Links from nodes outside the fragment are dropped (the input
+    keeps its default); links among its own nodes are kept as they are, as for an opened file
+    (validation lists any that do not fit). Nodes of unknown types are kept as placeholders;
+    `unknown_types` names them. Raises WorkflowError on anything it cannot read."""
+    graph = graph_from_document(parse_document(text, source), registry, source, check=False)
+    for (dst, inp), link in list(graph.links.items()):
+        if link.node not in graph.nodes:
+            graph.disconnect(dst, inp)
+    return graph
+
+
+def unknown_types(graph: Graph, registry: Registry) -> list[str]:
+    """The node types in `graph` that `registry` does not know, sorted, each once."""
+    return sorted({n.type for n in graph.nodes.values() if registry.get(n.type) is None})
+
+
 def load_workflow(path: str | os.PathLike, registry: Registry, check: bool = True) -> Graph:
     """Load, migrate and (by default) validate a workflow file (.json, or .png with one)."""
     return graph_from_document(read_document(path), registry, str(path), check)
@@ -319,41 +366,9 @@ def dumps(graph: Graph) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file beside the target, flush to disk, then replace: never half a file."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # mkstemp makes the file private (0600): give it the mode the old file had, or the
-            # mode a plain open() would have given it
-            try:
-                mode = os.stat(p).st_mode & 0o7777
-            except OSError:
-                mode = 0o666 & ~_umask()
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    """The process umask, read once (os.umask can only be read by setting it)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+    """Write to a temp file beside the target, fsync, then replace: never half a file (see
+    engine/files.py). A symlink is followed: its target is replaced and the link kept."""
+    write_text_atomic(path, text)
 
 
 def save_workflow(graph: Graph, path: str | os.PathLike) -> None:

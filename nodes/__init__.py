@@ -2,3 +2,8 @@
 functions (or in `nodes.lib`, imported lazily) so that discovering node types loads no torch."""
 
 import nodes._types  # noqa: F401  (registers the socket types)
+from engine.integrity import register_fingerprinter
+
+# torch values, fingerprinted by nodes.lib.fingerprints (imported only when the check meets one)
+register_fingerprinter("torch.Tensor", "nodes.lib.fingerprints:tensor")
+register_fingerprinter("torch.nn.modules.module.Module", "nodes.lib.fingerprints:module")

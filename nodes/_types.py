@@ -11,8 +11,12 @@ IMAGE = "IMAGE"  # torch float tensor [B, 3, H, W] in 0..1 on the CPU
 MASK = "MASK"  # torch float tensor [B, 1, H, W], 1 = repaint
 SCHEDULER = "SCHEDULER"  # a configured sampling schedule (scheduler + timesteps)
 DENOISER = "DENOISER"  # a function: the model's one-step prediction
-GUIDED_DENOISER = "GUIDED_DENOISER"  # a denoiser with guidance applied; still a DENOISER
+GUIDED_DENOISER = "GUIDED_DENOISER"  # a denoiser with the prompts and guidance applied: what a
+# Sampler takes. Not a DENOISER: guidance nodes take a DENOISER, the Sampler only a guided one, so
+# a wrong wire is refused when it is drawn
 UPSCALE_MODEL = "UPSCALE_MODEL"  # an upscaler model (SD x4 / latent x2)
+NOISE = "NOISE"  # nodes.lib.rng.Noise: unit noise [B, C, h, w] + the random stream after it
+RNG = "RNG"  # nodes.lib.rng.RandomStream: a position in a seeded CPU random stream
 
 for name, color, parents in (
     (MODEL, "#b39ddb", ()),
@@ -24,7 +28,9 @@ for name, color, parents in (
     (MASK, "#81c784", ()),
     (SCHEDULER, "#4dd0e1", ()),
     (DENOISER, "#9575cd", ()),
-    (GUIDED_DENOISER, "#7e57c2", (DENOISER,)),
+    (GUIDED_DENOISER, "#7e57c2", ()),
     (UPSCALE_MODEL, "#a1887f", ()),
+    (NOISE, "#f06292", ()),
+    (RNG, "#90a4ae", ()),
 ):
     TYPES.register(name, color, parents)

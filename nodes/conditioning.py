@@ -11,6 +11,21 @@ _PROMPT_HELP = ("(word) x1.1, [word] /1.1, (word:1.3) any weight, \\( \\) litera
                 "BREAK starts a new 77-token chunk; longer prompts are encoded in chunks")
 
 
+def _encode(encode_prompt, clip, text, clip_skip):
+    """encode_prompt, with a prompt over the length limit (a linked text is only known now)
+    reported as an error of the `text` input."""
+    from engine.errors import NodeInputError
+    from nodes._limits import PromptTooLongError, prompt_problem
+
+    why = prompt_problem(text)
+    if why is not None:
+        raise NodeInputError("text", why)
+    try:
+        return encode_prompt(clip, text, clip_skip)
+    except PromptTooLongError as exc:
+        raise NodeInputError("text", str(exc)) from None
+
+
 @node("conditioning.text_encode", title="Text Encoder", category="conditioning",
       version="1.0.0", outputs=[Output("conditioning", CONDITIONING)])
 class TextEncode:
@@ -23,10 +38,19 @@ class TextEncode:
                       description="1 = last layer, 2 = penultimate (as in A1111); SDXL counts "
                                   "from its usual penultimate layer")
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: a prompt within the length limit (nodes._limits)."""
+        from nodes._limits import prompt_problem
+
+        why = prompt_problem(values.get("text"))
+        if why is not None:
+            yield "text", why
+
     def run(self, ctx: RunContext):
         from nodes.lib.prompts import encode_prompt
 
-        return encode_prompt(self.clip, self.text, self.clip_skip)
+        return _encode(encode_prompt, self.clip, self.text, self.clip_skip)
 
 
 @node("conditioning.negative_prompt", title="Negative Prompt", category="conditioning",
@@ -41,10 +65,19 @@ class NegativePrompt:
     clip_skip = Input(INT, default=1, min=1, max=12,
                       description="1 = last layer, 2 = penultimate (as in A1111)")
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: a prompt within the length limit (nodes._limits)."""
+        from nodes._limits import prompt_problem
+
+        why = prompt_problem(values.get("text"))
+        if why is not None:
+            yield "text", why
+
     def run(self, ctx: RunContext):
         from nodes.lib.prompts import encode_prompt, zero_conditioning
 
-        cond = encode_prompt(self.clip, self.text, self.clip_skip)
+        cond = _encode(encode_prompt, self.clip, self.text, self.clip_skip)
         if not self.text.strip() and getattr(self.clip, "force_zeros_for_empty_prompt", False):
             return zero_conditioning(self.clip, like=cond)
         return cond

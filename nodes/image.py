@@ -36,6 +36,13 @@ class LoadImageNode:
 
     image = Input(STRING, default="", widget="image", file_filter=_IMAGES, path=True)
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the image file exists, is an image, and fits in memory."""
+        from nodes._limits import image_file_problems
+
+        return image_file_problems(values.get("image"), ctx, "image")
+
     def run(self, ctx: RunContext):
         import torch
 
@@ -59,6 +66,13 @@ class LoadMaskNode:
                     choices=("luminance", "alpha", "red", "green", "blue"))
     invert = Input(BOOLEAN, default=False)
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the image file exists, is an image, and fits in memory."""
+        from nodes._limits import image_file_problems
+
+        return image_file_problems(values.get("image"), ctx, "image")
+
     def run(self, ctx: RunContext):
         from nodes.lib.images import channel_mask
 
@@ -78,8 +92,21 @@ class SaveImageNode:
     images = Input(IMAGE)
     prefix = Input(STRING, default="loom", description="file name prefix (no folders)")
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: a plain prefix, and an output folder that can be written."""
+        from engine.preflight import file_output_problems
+
+        return file_output_problems(values, ctx)
+
     def run(self, ctx: RunContext):
-        from nodes.lib.images import check_prefix, image_to_uint8, save_png
+        # Each PNG appears under its name only when complete and never replaces a file
+        # (engine/files.py). One that would be larger with the workflow than Loom can open
+        # again (engine.workflow.MAX_FILE_BYTES) is saved without it and ui["warnings"] says
+        # so: the image is the expensive part, and the workflow can still be saved as .json.
+        from engine import workflow as wf
+        from engine.files import check_prefix, write_numbered
+        from nodes.lib.images import encode_png_within, image_to_uint8
 
         why = check_prefix(self.prefix)
         if why is not None:
@@ -88,10 +115,20 @@ class SaveImageNode:
         text = {}
         workflow = ctx.options.get("workflow_json")
         if workflow:
-            text["workflow"] = workflow
+            text[wf.PNG_KEY] = workflow
         arrays = image_to_uint8(self.images)
-        files = [str(save_png(a, out_dir, self.prefix, text)) for a in arrays]
+        files, warnings = [], []
+        for a in arrays:
+            data, dropped = encode_png_within(a, text, wf.MAX_FILE_BYTES, (wf.PNG_KEY,))
+            path = write_numbered(out_dir, self.prefix, ".png", data)
+            files.append(str(path))
+            if dropped:
+                warnings.append(f"{path.name} was saved without its workflow: with it the PNG "
+                                f"would be larger than the {wf.MAX_FILE_BYTES} bytes Loom can "
+                                "open; save the workflow as a .json file instead")
         ctx.set_ui(files=files, images=arrays)
+        if warnings:
+            ctx.set_ui(warnings=warnings)
 
 
 @node("image.preview", title="Preview Image", category="image", version="1.0.0",
@@ -116,6 +153,17 @@ class ResizeImageNode:
     width = Input(INT, default=512, min=1, max=16384)
     height = Input(INT, default=512, min=1, max=16384)
     method = Input(STRING, default="lanczos", choices=_METHODS)
+
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the resized image (per image of the batch) fits in memory."""
+        from nodes._limits import pixels_problem
+
+        w, h = values.get("width"), values.get("height")
+        if isinstance(w, int) and isinstance(h, int):
+            problem = pixels_problem("a resized image", w, h, 1, 3, "width")
+            if problem is not None:
+                yield problem
 
     def run(self, ctx: RunContext):
         from nodes.lib.images import resize_image

@@ -8,11 +8,12 @@ from engine.node import Input, Output, RunContext, node
 from engine.paths import resolve_path
 from engine.types import STRING
 from nodes._types import CLIP, MODEL, VAE
+from nodes.lib.families import DTYPES, FAMILIES, PREDICTIONS
 
-FAMILY_CHOICES = ("auto", "sd1", "sd2", "sdxl", "sdxl_refiner", "sd_inpaint", "sd2_inpaint",
-                  "sd_x4_upscaler", "sd_latent_upscaler", "loom_builtin")
-PREDICTION_CHOICES = ("auto", "epsilon", "v_prediction", "sample")
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+# The one list of families, prediction types and dtypes (nodes.lib.families), as choices
+FAMILY_CHOICES = ("auto", *FAMILIES)
+PREDICTION_CHOICES = ("auto", *PREDICTIONS)
+DTYPE_CHOICES = DTYPES
 
 
 @node("loaders.checkpoint", title="Load Checkpoint", category="loaders", version="1.0.0",
@@ -37,6 +38,23 @@ class LoadCheckpoint:
     config = Input(STRING, default="", path=True, widget="folder", optional=True,
                    description="for single files of unusual shape: a diffusers folder whose "
                                "configs describe the checkpoint (default: Loom's own configs)")
+
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the checkpoint exists, and a diffusers folder's JSON files
+        (model_index.json, configs) can be read and have fields of the right types. Reads no
+        weights and imports no torch (nodes.lib.model_files)."""
+        from nodes.lib.model_files import checkpoint_problem
+
+        path = values.get("path")
+        if not isinstance(path, str):
+            return None
+        if not path:
+            return [("path", "choose a checkpoint: a .safetensors file or a diffusers folder")]
+        config = values.get("config")
+        config_dir = ctx.resolve(config) if isinstance(config, str) and config else None
+        problem = checkpoint_problem(ctx.resolve(path), config_dir)
+        return [problem] if problem is not None else None
 
     def run(self, ctx: RunContext):
         from nodes.lib.checkpoints import LOAD_ERRORS, load_checkpoint

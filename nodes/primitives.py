@@ -108,17 +108,21 @@ class SaveTextNode:
     value = Input("ANY")
     prefix = Input(STRING, default="loom")
 
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: a plain prefix, and an output folder that can be written."""
+        from engine.preflight import file_output_problems
+
+        return file_output_problems(values, ctx)
+
     def run(self, ctx: RunContext) -> None:
-        from engine.workflow import atomic_write_text
+        # numbered after the highest existing file; the name is claimed atomically with the
+        # complete file, never replacing or writing through anything (engine/files.py)
+        from engine.files import check_prefix, write_numbered
 
         out_dir = Path(ctx.options.get("output_dir", "out"))
-        name = self.prefix
-        if not name or Path(name).name != name or name in (".", ".."):
-            raise NodeInputError("prefix", f"{name!r} must be a plain file name prefix")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        i = 1
-        while (out_dir / f"{name}_{i:05d}.txt").exists():
-            i += 1
-        path = out_dir / f"{name}_{i:05d}.txt"
-        atomic_write_text(path, f"{self.value}\n")
+        why = check_prefix(self.prefix)
+        if why is not None:
+            raise NodeInputError("prefix", why)
+        path = write_numbered(out_dir, self.prefix, ".txt", f"{self.value}\n")
         ctx.set_ui(files=[str(path)], text=str(self.value))

@@ -16,17 +16,17 @@ from nodes._types import (
     LATENT,
     MASK,
     MODEL,
+    NOISE,
+    RNG,
     SCHEDULER,
 )
+from nodes.lib.schedules import SCHEDULER_NAMES
 
 IMAGE_COND = "IMAGE_COND"
 """nodes.lib.denoise.ImageConditioning: channels concatenated to the UNet input (inpainting
 models' mask + masked-image latents, the x4 upscaler's low-res image) and class labels."""
 TYPES.register(IMAGE_COND, "#aed581", description="image conditioning for the UNet")
 
-SCHEDULER_CHOICES = ("default", "ddim", "ddpm", "pndm", "lms", "euler", "euler_ancestral",
-                     "heun", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde",
-                     "dpmpp_2m_sde_karras", "unipc", "deis")
 
 
 @node("sampling.scheduler", title="Scheduler", category="sampling", version="1.0.0",
@@ -36,7 +36,7 @@ class SchedulerNode:
     (strength for img2img; start/end to hand off from an SDXL base to a refiner)."""
 
     model = Input(MODEL, description="the model whose scheduler config and prediction type to use")
-    name = Input(STRING, default="euler", choices=SCHEDULER_CHOICES,
+    name = Input(STRING, default="euler", choices=SCHEDULER_NAMES,
                  description="'default' is the checkpoint's own scheduler")
     steps = Input(INT, default=20, min=1, max=1000)
     strength = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.01, widget="slider",
@@ -111,22 +111,26 @@ class CFGCombineNode:
                               self.rescale, self.start, self.end)
 
 
-@node("sampling.sampler", title="Sampler", category="sampling", version="1.0.0",
+@node("sampling.sampler", title="Sampler", category="sampling", version="1.1.0",
       outputs=[Output("latent", LATENT)])
 class SamplerNode:
     """The denoising loop: start from noise (or a noised init latent), step the scheduler with
     the guided denoiser, blend the known region when inpainting with an ordinary model."""
 
-    denoiser = Input(DENOISER)
+    denoiser = Input(GUIDED_DENOISER,
+                     description="a guided denoiser (CFG Combine; scale 1 for no guidance)")
     scheduler = Input(SCHEDULER)
-    noise = Input(LATENT, optional=True, connection_only=True,
-                  description="Latent Noise (unscaled unit noise)")
+    noise = Input(NOISE, optional=True, connection_only=True,
+                  description="Latent Noise (unit noise and its random stream)")
     init = Input(LATENT, optional=True, connection_only=True,
                  description="img2img / inpaint: the image's latent")
     mask = Input(MASK, optional=True, connection_only=True,
                  description="inpaint with an ordinary model: 1 = repaint, 0 = keep")
     image_cond = Input(IMAGE_COND, optional=True, connection_only=True,
                        description="inpainting / upscaler model conditioning")
+    rng = Input(RNG, optional=True, connection_only=True,
+                description="random stream for stochastic schedulers' per-step noise (ancestral, "
+                "SDE, DDPM); default: continue the image_cond's or the noise's stream, or seed 0")
 
     def run(self, ctx: RunContext):
         from nodes.lib.sampler import Hooks, SamplerInputError, sample
@@ -138,6 +142,7 @@ class SamplerNode:
                       preview=bool(ctx.options.get("previews", True)))
         try:
             return sample(self.denoiser, self.scheduler, self.noise, self.init, self.mask,
-                          self.image_cond, hooks, family=self.denoiser.model.family)
+                          self.image_cond, hooks, family=self.denoiser.model.family,
+                          stream=self.rng)
         except SamplerInputError as exc:
             raise NodeInputError(exc.input, str(exc)) from None

@@ -4,17 +4,17 @@ the SD latent x2 upscaler, latent resizing for a "hires fix" second pass, and pl
 from __future__ import annotations
 
 from engine.errors import NodeInputError
-from engine.node import Input, Output, RunContext, node
+from engine.node import LINKED, Input, Output, RunContext, node
 from engine.types import FLOAT, INT, STRING
-from nodes._types import CONDITIONING, IMAGE, LATENT, MODEL
+from nodes._types import CONDITIONING, IMAGE, LATENT, MODEL, NOISE, RNG
 from nodes.sampling import IMAGE_COND
 
 _INT64 = 2**63 - 1
 
 
-@node("upscale.x4", title="SD x4 Upscale Conditioning", category="upscale", version="1.0.0",
+@node("upscale.x4", title="SD x4 Upscale Conditioning", category="upscale", version="1.1.0",
       outputs=[Output("image_cond", IMAGE_COND, "the noised low-res image + noise level"),
-               Output("noise", LATENT, "latent noise at the low-res image's size")])
+               Output("noise", NOISE, "latent noise at the low-res image's size")])
 class X4UpscaleNode:
     """Prepare the SD x4 upscaler: noise the low-res image to `noise_level` with the model's
     low-res scheduler and draw the latent noise. Sample with UNet Step -> CFG Combine ->
@@ -28,18 +28,18 @@ class X4UpscaleNode:
     batch = Input(INT, default=1, min=1, max=64)
 
     def run(self, ctx: RunContext):
-        from nodes.lib import rng
+        from nodes.lib.rng import Stream
         from nodes.lib.upscalers import x4_condition
 
         if self.model.family != "sd_x4_upscaler" and int(self.model.unet.config.in_channels) != 7:
             raise NodeInputError("model", f"needs the SD x4 upscaler, got a {self.model.family} "
                                  "model")
         cond, noise = x4_condition(self.model, self.image, self.noise_level,
-                                   rng.generator(self.seed), int(self.batch))
+                                   Stream.start(self.seed), int(self.batch))
         return cond, noise
 
 
-@node("upscale.latent_x2", title="SD Latent x2 Upscale", category="upscale", version="1.0.0",
+@node("upscale.latent_x2", title="SD Latent x2 Upscale", category="upscale", version="1.1.0",
       outputs=[Output("latent", LATENT)])
 class LatentX2UpscaleNode:
     """Double a latent's size with the SD latent upscaler (its own Euler loop: the model is
@@ -52,11 +52,14 @@ class LatentX2UpscaleNode:
     steps = Input(INT, default=20, min=1, max=1000)
     scale = Input(FLOAT, default=9.0, min=0.0, max=30.0, step=0.1)
     seed = Input(INT, default=0, min=0, max=_INT64, widget="seed",
-                 description="ignored when the latent comes from a seeded VAE Encode, whose "
-                 "random stream continues (as the pipeline does when given an image)")
+                 description="ignored when `after` is connected (the stream continues)",
+                 ignored_when={"after": LINKED})
+    after = Input(RNG, optional=True, connection_only=True,
+                  description="continue this random stream (the `rng` of the VAE Encode that "
+                  "made the latent, as the pipeline does when given an image)")
 
     def run(self, ctx: RunContext):
-        from nodes.lib import rng
+        from nodes.lib.rng import Stream
         from nodes.lib.sampler import Hooks
         from nodes.lib.upscalers import latent_x2
 
@@ -66,7 +69,7 @@ class LatentX2UpscaleNode:
                       preview=bool(ctx.options.get("previews", True)))
         try:
             return latent_x2(self.model, self.positive, self.negative, self.latent,
-                             int(self.steps), float(self.scale), rng.stream(self.seed, self.latent),
+                             int(self.steps), float(self.scale), Stream.of(self.seed, self.after),
                              hooks)
         except ValueError as exc:
             raise NodeInputError("positive", str(exc)) from None

@@ -4,6 +4,7 @@ kind of edit, save/load, copy/paste between windows (offscreen Qt)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from PySide6.QtCore import QEvent, QPointF, Qt
@@ -369,3 +370,49 @@ def test_dropping_a_workflow_file_on_the_window_opens_it(make_window, isolated):
     w2.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime2,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
     assert snapshot(w2) == snapshot(w1)
+
+
+def test_an_ignored_seed_is_greyed_out_with_the_reason(qtbot, isolated, tmp_path):
+    """Latent Noise continues a VAE Encode's random stream when `after` is connected: its own
+    seed then has no effect, and the editor shows that instead of hiding it."""
+    from pathlib import Path
+
+    from editor.window import MainWindow
+    from engine.api import Session, ignored_values
+
+    window = MainWindow(session=Session(), output_dir=isolated / "out")
+    window.confirm_close = lambda: "discard"
+    qtbot.addWidget(window)
+    window.resize(1200, 800)
+    window.show()
+    ex = Path(__file__).resolve().parent.parent / "resources" / "workflows" / "examples"
+    assert window.load_file(ex / "sd15_img2img.json", remember=False)
+    item = window.scene.node_items["noise"]
+    assert item.ignored() == {"seed": "input 'after' is connected"}
+    QApplication.processEvents()  # the deferred fit-to-view after opening
+    window.view.resetTransform()  # 100 %: fields are drawn
+    window.view.centerOn(item)
+    window.view.viewport().repaint()
+    window.grab().save(str(Path(os.environ.get("LOOM_SHOT_DIR", tmp_path)) / "ignored.png"))
+    assert "seed is ignored: input 'after' is connected" in item.toolTip()  # set by painting
+    assert ignored_values(window.doc.graph, Session().registry, ["noise.seed=3"]) == [
+        "node 'noise' (latents.noise) input 'seed' is ignored: input 'after' is connected"]
+    window.doc.graph.disconnect("noise", "after")
+    assert item.ignored() == {}
+    # VAE Encode's seed in mode 'mean'
+    enc = window.scene.node_items["encode"]
+    window.doc.graph.set_value("encode", "mode", "mean")
+    assert enc.ignored() == {"seed": "'mode' is 'mean'"}
+
+
+def test_a_hand_edited_position_that_is_not_a_number_is_ignored(window, tmp_path):
+    doc = {"schema_version": 1, "nodes": {
+        "a": {"type": "primitive.int", "inputs": {"value": 1}, "ui": {"pos": ["x", 1]}},
+        "b": {"type": "primitive.int", "inputs": {"value": 2}, "ui": {"pos": [1e309, None]}},
+        "c": {"type": "primitive.int", "inputs": {"value": 3}, "ui": {"pos": [40, 60]}}}}
+    p = tmp_path / "odd.json"
+    p.write_text(json.dumps(doc).replace("Infinity", "1e999"))
+    assert window.load_file(p, remember=False)
+    items = window.scene.node_items
+    assert set(items) == {"a", "b", "c"} and all(i.rows for i in items.values())
+    assert (items["c"].x(), items["c"].y()) == (40, 60)

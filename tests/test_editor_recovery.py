@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.test_editor_support import add
 
 pytest_plugins = ["tests.test_editor_support"]  # fixtures: window, make_window, ...
 
 ROOT = Path(__file__).resolve().parent.parent
+CHILD_DEADLINE_S = 60
 
 EDITING_CHILD = textwrap.dedent("""
     import sys, time
@@ -41,6 +46,9 @@ EDITING_CHILD = textwrap.dedent("""
             print("READY", flush=True)
             break
         time.sleep(0.02)
+    else:
+        print("NOT READY: no recovery file with the edit after 20 s", flush=True)
+        sys.exit(1)
     while True:  # an editor at work, until it is killed
         app.processEvents()
         time.sleep(0.02)
@@ -56,12 +64,26 @@ def _env(isolated: Path) -> dict:
 def test_recovery_after_the_editor_is_killed(make_window, isolated):
     proc = subprocess.Popen([sys.executable, "-c", EDITING_CHILD], cwd=ROOT, env=_env(isolated),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # read both pipes in threads: the first stdout line with a deadline (a child that never
+    # says READY fails the test instead of hanging it), stderr so a chatty child cannot block
+    first: queue.Queue[str] = queue.Queue()
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda: first.put(proc.stdout.readline()), daemon=True),
+               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]
+    for t in readers:
+        t.start()
     try:
-        line = proc.stdout.readline()
-        assert line.strip() == "READY", proc.stderr.read() if proc.poll() is not None else line
+        line = first.get(timeout=CHILD_DEADLINE_S)
+    except queue.Empty:
+        line = None
     finally:
         proc.kill()  # SIGKILL: no clean-up runs in the child
         proc.wait(10)
+    readers[1].join(10)
+    if line is None:
+        pytest.fail(f"the child editor printed nothing within {CHILD_DEADLINE_S} s; "
+                    f"its stderr:\n{''.join(err)}")
+    assert line.strip() == "READY", f"the child printed {line!r}; its stderr:\n{''.join(err)}"
     # the killed editor's own file (named by its pid): a window left over from an earlier test
     # in this process may autosave into this test's folder too, as a live editor's file
     left = list((isolated / "recovery").glob(f"loom-{proc.pid}-*.json"))

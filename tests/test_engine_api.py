@@ -118,9 +118,13 @@ def test_default_session_uses_loom_nodes() -> None:
     s = Session()
     try:
         assert "primitive.int" in s.registry and "test.const" not in s.registry
-        assert s.cache.budget_bytes == 4 * 1024**3
+        # a session's cache shares the process's one memory budget (with the loaded models)
+        from engine.memory import default_budget, default_budget_bytes
+
+        assert s.cache.memory is default_budget()
+        assert s.cache.budget_bytes == default_budget_bytes() > 0
         small = Session(cache_budget=1000)
-        assert small.cache.budget_bytes == 1000
+        assert small.cache.budget_bytes == 1000 and small.cache.memory is not default_budget()
         small.executor.shutdown()
     finally:
         s.executor.shutdown()

@@ -453,9 +453,10 @@ def test_async_api(registry, executor) -> None:
     g = chain(registry, 4, start=3)
 
     async def main():
-        first = await executor.run_async(g)
+        # with deadlines: a run that never finishes fails the test instead of hanging it
+        first = await asyncio.wait_for(executor.run_async(g), 10)
         handle = executor.submit(g)
-        second = await handle
+        second = await asyncio.wait_for(handle, 10)
         return first, second
 
     first, second = asyncio.run(main())

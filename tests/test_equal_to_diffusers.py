@@ -178,7 +178,7 @@ def test_sd_img2img(sess, sd_folder, images, tmp_path):
     nodes["load"] = {"type": "image.load", "image": str(image_path)}
     nodes["encode"] = {"type": "latents.vae_encode", "vae": link("ckpt", "vae"),
                        "image": link("load", "image"), "seed": SEED}
-    nodes["noise"]["after"] = link("encode", "latent")
+    nodes["noise"]["after"] = link("encode", "rng")
     nodes["sched"]["strength"] = 0.6
     nodes["sampler"]["init"] = link("encode", "latent")
     loom = run_loom(sess, tmp_path, nodes)
@@ -199,7 +199,7 @@ def test_sd_inpaint_9_channel(sess, images, tmp_path_factory, tmp_path):
     nodes["mask"] = {"type": "image.load_mask", "image": str(mask_path)}
     nodes["prep"] = {"type": "inpaint.prepare", "vae": link("ckpt", "vae"),
                      "image": link("load", "image"), "mask": link("mask", "mask"),
-                     "after": link("noise", "noise")}
+                     "after": link("noise", "rng")}
     nodes["sampler"]["image_cond"] = link("prep", "image_cond")
     loom = run_loom(sess, tmp_path, nodes)
     pipe = use_scheduler(StableDiffusionInpaintPipeline.from_pretrained(folder), "ddim")
@@ -219,7 +219,7 @@ def test_sd_inpaint_4_channel_blend(sess, sd_folder, images, tmp_path):
     nodes["mask"] = {"type": "image.load_mask", "image": str(mask_path)}
     nodes["encode"] = {"type": "latents.vae_encode", "vae": link("ckpt", "vae"),
                        "image": link("load", "image"), "seed": SEED}
-    nodes["noise"]["after"] = link("encode", "latent")
+    nodes["noise"]["after"] = link("encode", "rng")
     nodes["sampler"]["init"] = link("encode", "latent")
     nodes["sampler"]["mask"] = link("mask", "mask")
     loom = run_loom(sess, tmp_path, nodes)
@@ -340,7 +340,7 @@ def test_sd_latent_x2_upscaler(sess, images, tmp_path_factory, tmp_path):
         "sampler": {"type": "upscale.latent_x2", "model": link("ckpt", "model"),
                     "positive": fx.cond_link(nodes, "pos", reg()),
                     "negative": fx.cond_link(nodes, "neg", reg()),
-                    "latent": link("encode", "latent"),
+                    "latent": link("encode", "latent"), "after": link("encode", "rng"),
                     "steps": 3, "scale": 9.0},
     })
     del nodes["unet"]

@@ -21,7 +21,8 @@ def test_node_modules_import_no_torch():
             "import nodes.lib.families, nodes.lib.model_manager; "
             "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -422,11 +423,15 @@ def test_lru_eviction_under_budget(tiny):
 
     _, folder, file = tiny["sd1"]
     _, xl_folder, xl_file = tiny["sdxl"]
+    import gc
+    import weakref
+
     models = ModelManager(budget_bytes=2**34)
     a = load_checkpoint(file, config_dir=folder, models=models, device="cpu")
     sd1_bytes = models.total_bytes
     assert sd1_bytes == module_nbytes(a.model.unet) + module_nbytes(a.vae.vae) + \
         module_nbytes(a.clip.text_encoders)
+    first_unet = weakref.ref(a.model.unet)
     models.set_budget(sd1_bytes)  # room for exactly the SD1 components
     b = load_checkpoint(xl_file, config_dir=xl_folder, models=models, device="cpu")
     assert models.evictions >= 1
@@ -434,9 +439,14 @@ def test_lru_eviction_under_budget(tiny):
     keys = models.keys()
     assert all(k[0] == b.info.identity for k in keys[-1:])  # the newest entry stays
     assert not any(k[0] == a.info.identity and k[1].startswith("unet") for k in keys)
+    # `a` (like a cached Load Checkpoint result) holds a handle, not the weights: the evicted
+    # UNet is really gone
+    gc.collect()
+    assert first_unet() is None
     loads = models.loads
     again = load_checkpoint(file, config_dir=folder, models=models, device="cpu")
-    assert models.loads > loads and again.model.unet is not a.model.unet  # reloaded
+    assert models.loads > loads  # reloaded
+    assert a.model.unet is again.model.unet  # the old handle borrows the reloaded weights
 
 
 def test_manager_never_evicts_what_was_just_loaded():

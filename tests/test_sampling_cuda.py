@@ -86,7 +86,7 @@ def graph(device, dtype, kind, sched):
     if kind in ("img2img", "inpaint4"):
         n["enc"] = {"type": "latents.vae_encode", "vae": L("b", "vae"),
                     "image": L("img", "image"), "seed": 11}
-        n["noise"]["after"] = L("enc", "latent")
+        n["noise"]["after"] = L("enc", "rng")
         n["sampler"]["init"] = L("enc", "latent")
         if kind == "img2img":
             n["sched"]["strength"] = 0.6
@@ -94,7 +94,7 @@ def graph(device, dtype, kind, sched):
             n["sampler"]["mask"] = L("img", "mask")
     if kind == "inpaint9":
         n["prep"] = {"type": "inpaint.prepare", "vae": L("b", "vae"), "image": L("img", "image"),
-                     "mask": L("img", "mask"), "after": L("noise", "noise")}
+                     "mask": L("img", "mask"), "after": L("noise", "rng")}
         n["sampler"]["image_cond"] = L("prep", "image_cond")
     if kind == "hires":
         n["resize"] = {"type": "upscale.latent_resize", "latent": L("sampler", "latent"),

@@ -75,9 +75,12 @@ def txt2img(folder: Path, steps: int = 4, scheduler: str = "ddim") -> dict:
 
 
 def test_noise_size_not_multiple_of_8_names_node_and_input(sess, tmp_path):
+    from engine.errors import ValidationError
+
     g = graph_of(sess, tmp_path, {"noise": {"type": "latents.noise", "width": 60, "height": 64}})
-    result = sess.run(g, outputs=["noise"])
-    err = result.errors["noise"]
+    with pytest.raises(ValidationError) as info:  # found by its pre-run check: nothing runs
+        sess.run(g, outputs=["noise"])
+    (err,) = info.value.problems
     assert err.node_id == "noise" and err.node_type == "latents.noise"
     assert err.input == "width"
     assert "multiple of 8" in str(err) and "'noise'" in str(err) and "'width'" in str(err)
@@ -88,14 +91,18 @@ def test_noise_matches_diffusers_draw_and_continues_stream(sess, tmp_path):
 
     g = graph_of(sess, tmp_path, {"noise": {"type": "latents.noise", "seed": 7, "width": 64,
                                             "height": 48, "batch": 2, "channels": 4}})
-    noise = sess.run(g, outputs=["noise"]).output("noise")
+    out = sess.run(g, outputs=["noise"]).outputs["noise"]
+    noise, stream = out["noise"], out["rng"]
     gen = torch.Generator("cpu").manual_seed(7)
     ref = randn_tensor((2, 4, 6, 8), generator=gen)
-    assert torch.equal(noise, ref)
-    from nodes.lib import rng
-
-    follow = rng.continue_from(noise)
-    assert torch.equal(torch.randn(3, generator=follow), torch.randn(3, generator=gen))
+    assert torch.equal(noise.samples, ref)
+    # the stream after the draw is an explicit value, on the NOISE value and the RNG output
+    assert (stream.seed, stream.draws) == (7, 1) and noise.stream is stream
+    follow = stream.generator()
+    expected = torch.randn(3, generator=gen)
+    assert torch.equal(torch.randn(3, generator=follow), expected)
+    # handing it on never moves the stream itself: a second reader starts at the same place
+    assert torch.equal(torch.randn(3, generator=stream.generator()), expected)
 
 
 # ---- images ---------------------------------------------------------------------------------
@@ -141,9 +148,12 @@ def test_save_image_prefix_cannot_escape(tmp_path, png, prefix):
     s = fx.session()
     nodes = {"load": {"type": "image.load", "image": str(png)},
              "save": {"type": "image.save", "images": link("load", "image"), "prefix": prefix}}
-    result = s.run(graph_of(s, tmp_path, nodes), output_dir=tmp_path / "out")
-    err = result.errors["save"]
-    assert err.input == "prefix"
+    from engine.errors import ValidationError
+
+    # refused by Save Image's pre-run check, before anything runs
+    with pytest.raises(ValidationError) as info:
+        s.run(graph_of(s, tmp_path, nodes), output_dir=tmp_path / "out")
+    assert [(p.node_id, p.input) for p in info.value.problems] == [("save", "prefix")]
     assert not list(tmp_path.rglob("*escape*.png"))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
@@ -189,10 +199,27 @@ def test_cancel_between_steps(sd_folder, tmp_path):
 
 
 def test_sampler_refuses_unguided_denoiser(sess, sd_folder, tmp_path):
+    """Guidance is part of the type system: a UNet Step wired straight into the Sampler is a
+    validation error (the wire is refused when drawn), not a failure when the run gets there."""
+    from engine.errors import ValidationError
+    from engine.graph import GraphError
+
     nodes = txt2img(sd_folder)
     nodes["sampler"]["denoiser"] = link("unet", "denoiser")
-    result = sess.run(graph_of(sess, tmp_path, nodes))
-    assert result.errors["sampler"].input == "denoiser"
+    with pytest.raises(ValidationError) as info:
+        graph_of(sess, tmp_path, nodes)
+    (problem,) = info.value.problems
+    assert (problem.code, problem.node_id, problem.input) == ("type_mismatch", "sampler",
+                                                             "denoiser")
+    assert "GUIDED_DENOISER" in problem.message and "'unet.denoiser'" in problem.message
+    g = graph_of(sess, tmp_path, txt2img(sd_folder))
+    assert "takes GUIDED_DENOISER" in g.can_connect("unet", "denoiser", "sampler", "denoiser")
+    with pytest.raises(GraphError):
+        g.connect("unet", "denoiser", "sampler", "denoiser")
+    # and a guided denoiser cannot be guided twice
+    assert g.can_connect("cfg", "denoiser", "cfg", "denoiser") is not None
+    g.add_node("sampling.cfg_combine", "cfg2")
+    assert "takes DENOISER" in g.can_connect("cfg", "denoiser", "cfg2", "denoiser")
 
 
 def test_strength_below_1_needs_init(sess, sd_folder, tmp_path):
@@ -206,9 +233,9 @@ def test_scheduler_names_all_build(sd_folder):
     import json as _json
 
     from nodes.lib.schedules import SCHEDULER_NAMES, SchedulerSpec, plan
-    from nodes.sampling import SCHEDULER_CHOICES
+    from nodes.sampling import SchedulerNode
 
-    assert set(SCHEDULER_CHOICES) == set(SCHEDULER_NAMES)
+    assert SchedulerNode.__loom_spec__.inputs["name"].choices == SCHEDULER_NAMES
     config = _json.loads((sd_folder / "scheduler" / "scheduler_config.json").read_text())
     for name in SCHEDULER_NAMES:
         p = plan(SchedulerSpec(name, config, 10), "cpu", has_init=False)

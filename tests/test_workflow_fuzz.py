@@ -301,3 +301,21 @@ def test_random_bytes_in_a_png_raise_only_loom_errors(data) -> None:
         path = Path(tmp) / "fuzz.png"
         path.write_bytes(blob[:8] + data)
         _load_or_loom_error(lambda: load_workflow(path, REGISTRY))
+
+
+# the whole command-line path: load, overrides, validation, pre-run checks, cache keys -----------
+
+def test_mutated_real_workflows_through_main_py_run_never_reach_a_traceback() -> None:
+    """tools/reliability/fuzz_workflows.py on a few hundred items (10,000 and more by hand):
+    Loom's own workflows with hostile values, paths, output folders and crafted PNGs, through
+    `main.py run` in-process up to the point where nodes would run. Every item either is valid
+    or exits 2 naming the problem; none raises, hangs, or needs main's last-resort handler."""
+    from tools.reliability.fuzz_workflows import fuzz, table
+
+    count = max(EXAMPLES, 150)
+    tallies = fuzz(count=count, pngs=count // 5, seed=EXAMPLES, limit=10.0, big_files=500)
+    report = table(tallies)
+    for t in tallies.values():
+        for kind in ("traceback", "hang", "raw_os_error", "failed"):
+            assert t.counts[kind] == 0, report + "\n" + "\n".join(t.examples.get(kind, []))
+    assert sum(t.counts["refused"] for t in tallies.values()) > count // 2, report

@@ -10,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodes.lib.model_manager import resolve
+
 
 @dataclass(eq=False)
 class ModelBundle:
-    unet: Any  # diffusers UNet2DConditionModel (or UNet2DModel for some upscalers)
+    unet_ref: Any
+    """A ModelHandle (the model manager owns the weights; `unet` borrows them) or, when built by
+    hand, the diffusers UNet2DConditionModel itself."""
     family: str
     prediction_type: str  # "epsilon" | "v_prediction" | "sample"
     scheduler_config: dict[str, Any]  # the checkpoint's own diffusers scheduler config
@@ -21,6 +25,11 @@ class ModelBundle:
     device: Any
     source: str  # identity of the file/folder it came from (for display and keys)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. low_res_scheduler for x4
+
+    @property
+    def unet(self) -> Any:
+        """The UNet's weights, for as long as the caller holds them (reloaded if evicted)."""
+        return resolve(self.unet_ref)
 
     @property
     def nbytes(self) -> int:
@@ -32,8 +41,8 @@ class ModelBundle:
 
 @dataclass(eq=False)
 class ClipBundle:
-    tokenizers: list[Any]  # CLIPTokenizer, one per text encoder
-    text_encoders: list[Any]  # CLIPTextModel / CLIPTextModelWithProjection (SDXL: two)
+    tokenizers_ref: Any  # CLIPTokenizers, one per text encoder (a list, or a ModelHandle)
+    text_encoders_ref: Any  # CLIPTextModel(s) (SDXL: two): a list, or a ModelHandle
     family: str
     dtype: Any
     device: Any
@@ -41,6 +50,14 @@ class ClipBundle:
     force_zeros_for_empty_prompt: bool = False
     """SDXL base (diffusers' pipeline flag): an empty negative prompt is all-zero embeddings."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        return list(resolve(self.tokenizers_ref))
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return list(resolve(self.text_encoders_ref))
 
     @property
     def nbytes(self) -> int:
@@ -52,7 +69,7 @@ class ClipBundle:
 
 @dataclass(eq=False)
 class VaeBundle:
-    vae: Any  # diffusers AutoencoderKL
+    vae_ref: Any  # diffusers AutoencoderKL, or a ModelHandle to it
     family: str
     scaling_factor: float
     dtype: Any
@@ -60,6 +77,10 @@ class VaeBundle:
     source: str
     force_upcast: bool = False  # decode in fp32 (SDXL's VAE overflows in fp16)
     shift_factor: float | None = None
+
+    @property
+    def vae(self) -> Any:
+        return resolve(self.vae_ref)
 
     @property
     def nbytes(self) -> int:

@@ -16,7 +16,6 @@ component, dtype and device, so nodes and runs share them.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 from engine.paths import PROJECT_ROOT, file_identity
 from nodes.lib.bundles import ClipBundle, ModelBundle, VaeBundle
 from nodes.lib.families import (
+    DTYPES,
     FAMILIES,
     PREDICTIONS,
     SD1_CLIP_PREFIX,
@@ -49,16 +49,16 @@ from nodes.lib.families import (
     read_safetensors_header,
     tensor_for_prediction_check,
 )
-from nodes.lib.model_manager import ModelManager, manager
+from nodes.lib.model_files import CheckpointError, read_json_object
+from nodes.lib.model_manager import ModelHandle, ModelManager, manager
 
 CONFIGS_DIR = PROJECT_ROOT / "resources" / "configs"
 TOKENIZER_DIR = PROJECT_ROOT / "resources" / "tokenizers" / "clip"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says what was expected."""
+# CheckpointError (a checkpoint that cannot be loaded; the message says what was expected)
+# lives in the torch-free nodes.lib.model_files, which Load Checkpoint's pre-run check uses
 
 
 LOAD_ERRORS = (CheckpointError, UnknownCheckpointError, FileNotFoundError)
@@ -142,10 +142,9 @@ def inspect_checkpoint(path: Path, family: str = "auto", prediction: str = "auto
 
 
 def _read_json(p: Path) -> dict[str, Any]:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {p}: {exc}") from exc
+    """A model's JSON file as an object, its known fields type-checked; anything malformed
+    raises CheckpointError naming the file and the field (nodes.lib.model_files)."""
+    return read_json_object(p)
 
 
 def _inspect_folder(path: Path, identity: str, family: str, prediction: str,
@@ -270,6 +269,11 @@ class _StateDictReader:
     def __init__(self, path: Path):
         self.path = path
         self._full: dict[str, torch.Tensor] | None = None
+
+    def release(self) -> None:
+        """Forget a pickled file's tensors once its components are built (a reload after an
+        eviction reads the file again)."""
+        self._full = None
 
     def subset(self, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if self.path.suffix.lower() == ".safetensors":
@@ -475,6 +479,8 @@ def _folder_component(info: CheckpointInfo, sub: str, dtype: torch.dtype,
     folder = info.path / sub
     if not folder.is_dir():
         raise CheckpointError(f"{info.path}: the diffusers folder has no {sub}/ component")
+    if (folder / "config.json").is_file():
+        _read_json(folder / "config.json")  # a malformed config named before diffusers reads it
     if sub == "unet":
         from diffusers import UNet2DConditionModel
 
@@ -544,9 +550,17 @@ def load_checkpoint(path: Path | str, family: str = "auto", prediction: str = "a
                 encoders.append(_folder_component(info, sub, dt, dev))
         return tokenizers, encoders
 
-    unet = models.get(key("unet"), build_unet) if "unet" in components else None
-    clip_parts = models.get(key("clip"), build_clip) if "clip" in components else None
-    vae = models.get(key("vae"), build_vae) if "vae" in components else None
+    # Load now (errors and time belong to this node), but hand on handles: the bundles and the
+    # results cached with them must not keep the weights alive once the manager lets them go
+    unet_h = ModelHandle(models, key("unet"), build_unet) if "unet" in components else None
+    clip_h = ModelHandle(models, key("clip"), build_clip) if "clip" in components else None
+    vae_h = ModelHandle(models, key("vae"), build_vae) if "vae" in components else None
+    unet = unet_h.get() if unet_h is not None else None
+    if clip_h is not None:
+        clip_h.get()
+    vae = vae_h.get() if vae_h is not None else None
+    if reader is not None:
+        reader.release()
 
     source = str(info.path)
     sched = _scheduler_config(info)
@@ -558,18 +572,18 @@ def load_checkpoint(path: Path | str, family: str = "auto", prediction: str = "a
         extra["max_noise_level"] = int(info.model_index.get("max_noise_level", 350))
     if info.model_index.get("requires_aesthetics_score") is not None:
         extra["requires_aesthetics_score"] = bool(info.model_index["requires_aesthetics_score"])
-    model_bundle = ModelBundle(unet, info.family, info.prediction_type, sched, dt, dev, source,
+    model_bundle = ModelBundle(unet_h, info.family, info.prediction_type, sched, dt, dev, source,
                                extra)
     clip_bundle = None
-    if clip_parts is not None:
-        tokenizers, encoders = clip_parts
+    if clip_h is not None:
         clip_bundle = ClipBundle(
-            list(tokenizers), list(encoders), info.family, dt, dev, source,
+            clip_h.part(0), clip_h.part(1), info.family, dt, dev, source,
             force_zeros_for_empty_prompt=bool(
                 info.model_index.get("force_zeros_for_empty_prompt", False)))
     vae_bundle = None
     if vae is not None:
-        vae_bundle = VaeBundle(vae, info.family, float(vae.config.scaling_factor), dt, dev, source,
+        vae_bundle = VaeBundle(vae_h, info.family, float(vae.config.scaling_factor), dt, dev,
+                               source,
                                force_upcast=bool(getattr(vae.config, "force_upcast", False)),
                                shift_factor=getattr(vae.config, "shift_factor", None))
     return LoadedCheckpoint(model_bundle, clip_bundle, vae_bundle, info)

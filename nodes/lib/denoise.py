@@ -24,11 +24,13 @@ class ImageConditioning:
     `concat`: channels appended to the scaled latents ([1 or B, k, h, w]): an inpainting model's
     mask + masked-image latents, or the x4 upscaler's noised low-resolution image.
     `class_labels`: the UNet's class labels (the x4 upscaler's noise level).
-    A seeded `concat` carries its random stream (nodes.lib.rng), which the sampler continues."""
+    `stream`: the random stream after the draws that made `concat` (nodes.lib.rng.RandomStream),
+    which the Sampler continues for its stochastic schedulers, as diffusers' pipelines do."""
 
     concat: Any = None
     class_labels: Any = None
     kind: str = "inpaint"  # "inpaint" | "upscale_x4"
+    stream: Any = None
 
     def __loom_cache_size__(self) -> int:
         size = 0

@@ -24,15 +24,52 @@ SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
 SDXL_REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
 
-FAMILIES = (
-    "sd1", "sd2", "sdxl", "sdxl_refiner", "sd_inpaint", "sd2_inpaint", "sd_x4_upscaler",
-    "sd_latent_upscaler", "loom_builtin",
-)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What Loom needs to know about one model family, in one place: the loaders, the nodes'
+    choices and the sampling code read it from here instead of repeating family names."""
+
+    name: str
+    title: str
+    default_prediction: str = "epsilon"
+    sdxl_conditioning: bool = False
+    """Two text encoders, pooled output and size/crop time ids (SDXL base and refiner)."""
+    concat: str = ""
+    """Channels the UNet takes besides the latents: "inpaint" (mask + masked-image latents),
+    "upscale" (the low-resolution RGB image), "" for none."""
+    single_file: bool = True
+    """May be read from (or forced on) a single original-layout file."""
+
+
+FAMILY_TABLE: dict[str, Family] = {f.name: f for f in (
+    Family("sd1", "Stable Diffusion 1.x"),
+    Family("sd2", "Stable Diffusion 2.x", default_prediction="v_prediction"),
+    Family("sdxl", "SDXL base", sdxl_conditioning=True),
+    Family("sdxl_refiner", "SDXL refiner", sdxl_conditioning=True),
+    Family("sd_inpaint", "SD 1.x inpainting", concat="inpaint"),
+    Family("sd2_inpaint", "SD 2.x inpainting", concat="inpaint"),
+    Family("sd_x4_upscaler", "SD x4 upscaler", default_prediction="v_prediction",
+           concat="upscale"),
+    Family("sd_latent_upscaler", "SD latent x2 upscaler", default_prediction="sample",
+           concat="upscale", single_file=False),
+    Family("loom_builtin", "Loom's built-in model", single_file=False),
+)}
+FAMILIES = tuple(FAMILY_TABLE)
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 # Families that may be forced by the loader's family override (single files and folders).
-SINGLE_FILE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd_inpaint", "sd2_inpaint",
-                        "sd_x4_upscaler")
+SINGLE_FILE_FAMILIES = tuple(n for n, f in FAMILY_TABLE.items() if f.single_file)
+
+
+def family_info(name: str) -> Family:
+    """The record of a family (a KeyError names an unknown one)."""
+    try:
+        return FAMILY_TABLE[name]
+    except KeyError:
+        raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
 class UnknownCheckpointError(ValueError):
@@ -59,10 +96,17 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
             raise UnknownCheckpointError(f"{path.name} does not have a valid safetensors header")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise UnknownCheckpointError(
                 f"{path.name} does not have a valid safetensors header ({exc})") from exc
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None) or {} if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("shape", []), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in v.get("shape", []))
+            for v in header.values()):
+        raise UnknownCheckpointError(
+            f"{path.name} does not have a valid safetensors header (expected an object of "
+            "tensors, each with a \"shape\" list of integers, and an object of metadata)")
     shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if isinstance(v, dict)}
     return shapes, {str(k): str(v) for k, v in metadata.items()}
 
@@ -202,8 +246,8 @@ def _sd2_prediction(shapes: Mapping[str, Sequence[int]],
 
 
 def default_prediction(family: str) -> str:
-    return {"sd2": "v_prediction", "sd_x4_upscaler": "v_prediction",
-            "sd_latent_upscaler": "sample"}.get(family, "epsilon")
+    info = FAMILY_TABLE.get(family)
+    return info.default_prediction if info is not None else "epsilon"
 
 
 def config_name(family: str, prediction_type: str | None) -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps
+
+# the torch-free file writing lives in engine.files and nodes/lib/png.py; kept importable here
+from engine.files import check_prefix  # noqa: F401
+from nodes.lib.png import encode_png, encode_png_within, save_png  # noqa: F401
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -80,62 +81,6 @@ def resize_mask(mask: torch.Tensor, width: int, height: int, method: str) -> tor
         r = Image.fromarray(m[0].numpy(), mode="F").resize((width, height), RESAMPLE[method])
         out.append(torch.from_numpy(np.asarray(r).copy())[None])
     return torch.stack(out).clamp(0, 1)
-
-
-_NAME = re.compile(r"^(?P<prefix>.+)_(?P<n>\d{5,})\.png$")
-
-
-def check_prefix(prefix: str) -> str | None:
-    """Why `prefix` could not be a plain file-name prefix inside the output folder, or None."""
-    if not prefix or not prefix.strip():
-        return "must not be empty"
-    if prefix in (".", "..") or ".." in prefix:
-        return f"{prefix!r} must not contain '..'"
-    if "/" in prefix or "\\" in prefix or os.path.isabs(prefix) or Path(prefix).name != prefix:
-        return f"{prefix!r} must be a plain file-name prefix, without folders"
-    if any(c in prefix for c in '\0:*?"<>|') or any(ord(c) < 32 for c in prefix):
-        return f"{prefix!r} contains characters not allowed in file names"
-    return None
-
-
-def save_png(arr: np.ndarray, out_dir: Path, prefix: str, text: dict[str, str]) -> Path:
-    """Write `arr` as `prefix_NNNNN.png` in `out_dir`, numbered after the highest existing one,
-    never replacing a file: the name is claimed with O_EXCL, the data written to a temp file
-    and moved over the claim."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    highest = 0
-    for entry in os.listdir(out_dir):
-        m = _NAME.match(entry)
-        if m and m.group("prefix") == prefix:
-            highest = max(highest, int(m.group("n")))
-    n = highest + 1
-    while True:
-        target = out_dir / f"{prefix}_{n:05d}.png"
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            n += 1
-            continue
-        os.close(fd)
-        break
-    info = PngImagePlugin.PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        for p in (tmp, target):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-        raise
-    return target
 
 
 def as_pil(arr: Any) -> Image.Image:

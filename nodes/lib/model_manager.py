@@ -1,23 +1,24 @@
 """Loaded model components, kept in memory and shared between nodes and runs.
 
 An entry is keyed by (file identity, component, dtype, device): two loader nodes pointing at
-the same file get the very same modules, and a changed file (new size or mtime) gets a new key.
-When the bytes held exceed the budget, the least recently used entries are released (never the
-one just asked for). The budget comes from `LOOM_MODEL_MEMORY_GB` (default 12 GiB), a run's
-`model_memory_gb` option (the loader node passes it) or `set_budget`; `clear()` drops all.
+the same file get the very same modules, and a changed file gets a new key. The bytes held count
+against the process's one memory budget (engine.memory), shared with the result caches, which
+evicts models first (least recently used, never one the running graph uses). The budget comes
+from `LOOM_MEMORY_GB` (default: 12 GiB or 70 % of RAM, the smaller), a run's `model_memory_gb`
+option (the loader node passes it) or `set_budget`; `clear()` drops all. Edges and cached
+results hold `ModelHandle`s, not weights, so what the manager evicts is really freed.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_BUDGET_GB = 12.0
+from engine.memory import MemoryBudget, default_budget
 
 
 def module_nbytes(obj: Any) -> int:
@@ -44,25 +45,35 @@ def module_nbytes(obj: Any) -> int:
 class _Entry:
     value: Any
     nbytes: int
+    run: int | None = None  # the last graph run that used it (protected while it runs)
 
 
 class ModelManager:
-    """An LRU store of loaded components with a byte budget."""
+    """An LRU store of loaded components. Its bytes count against a `MemoryBudget` shared with
+    the result caches (engine.memory): models are the first to go when room must be made, the
+    least recently used first, never one the running graph has used."""
 
-    def __init__(self, budget_bytes: int | None = None):
-        if budget_bytes is None:
-            gb = float(os.environ.get("LOOM_MODEL_MEMORY_GB", DEFAULT_BUDGET_GB))
-            budget_bytes = int(gb * 2**30)
-        self.budget_bytes = int(budget_bytes)
+    name = "models"
+    priority = 0
+
+    def __init__(self, budget_bytes: int | None = None, memory: MemoryBudget | None = None):
+        if memory is None:
+            # a budget of its own only when asked for one (tests); else the process's one
+            memory = default_budget() if budget_bytes is None else MemoryBudget(budget_bytes)
+        self.memory = memory
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.RLock()
+        self._keep: Hashable | None = None
         self.loads = 0  # how many times a loader actually ran (tests and status display)
         self.evictions = 0
+        memory.register(self)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.memory.budget_bytes
 
     def set_budget(self, budget_bytes: int) -> None:
-        with self._lock:
-            self.budget_bytes = int(budget_bytes)
-            self._evict(keep=None)
+        self.memory.set_budget(budget_bytes)
 
     def get(self, key: Hashable, load: Callable[[], Any],
             size: Callable[[Any], int] = module_nbytes) -> Any:
@@ -71,11 +82,16 @@ class ModelManager:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
+                entry.run = self.memory.current_run
                 return entry.value
             value = load()
             self.loads += 1
-            self._entries[key] = _Entry(value, int(size(value)))
-            self._evict(keep=key)
+            self._entries[key] = _Entry(value, int(size(value)), self.memory.current_run)
+            self._keep = key
+            try:
+                self.memory.make_room()
+            finally:
+                self._keep = None
             return value
 
     def peek(self, key: Hashable) -> Any | None:
@@ -89,13 +105,20 @@ class ModelManager:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def count(self) -> int:
+        return len(self._entries)
+
     def keys(self) -> list[Hashable]:
         with self._lock:
             return list(self._entries)
 
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
     @property
     def total_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return self.nbytes()
 
     def release(self, key: Hashable) -> bool:
         with self._lock:
@@ -112,17 +135,65 @@ class ModelManager:
             self._entries.clear()
         _free_memory()
 
-    def _evict(self, keep: Hashable | None) -> None:
-        freed = False
-        while self.total_bytes > self.budget_bytes:
-            victim = next((k for k in self._entries if k != keep), None)
+    def evict_one(self, protect_run: int | None) -> int:
+        """Release the least recently used component that the running graph has not used
+        (and not the one being loaded); the bytes freed."""
+        with self._lock:
+            victim = next((k for k, e in self._entries.items() if k != self._keep
+                           and (protect_run is None or e.run != protect_run)), None)
             if victim is None:
-                break
-            del self._entries[victim]
+                return 0
+            entry = self._entries.pop(victim)
             self.evictions += 1
-            freed = True
-        if freed:
-            _free_memory()
+            freed = entry.nbytes
+            del entry
+        _free_memory()
+        return max(freed, 1)
+
+
+class ModelHandle:
+    """What travels on MODEL / CLIP / VAE edges and sits in cached results instead of the
+    weights: the manager's key and how to load the component. `get()` borrows the weights for
+    as long as the caller holds them (a node, while it runs) and reloads them if the manager
+    evicted them, so a cached result never keeps an evicted model in memory."""
+
+    def __init__(self, models: ModelManager, key: Hashable, load: Callable[[], Any],
+                 index: int | None = None):
+        self.models = models
+        self.key = key
+        self.load = load
+        self.index = index
+
+    def get(self) -> Any:
+        value = self.models.get(self.key, self.load)
+        return value if self.index is None else value[self.index]
+
+    def part(self, index: int) -> ModelHandle:
+        """A handle to item `index` of a tuple-valued component (tokenizers, text encoders)."""
+        return ModelHandle(self.models, self.key, self.load, index)
+
+    @property
+    def loaded(self) -> bool:
+        return self.key in self.models
+
+    def __loom_cache_size__(self) -> int:
+        return 0  # the manager counts the weights
+
+    def __loom_fingerprint__(self) -> str:
+        """For the read-only-inputs check (engine.integrity): the key and the weights, borrowed
+        like a node would (loaded again if evicted, so "before" and "after" compare the same
+        thing), so a node that patches shared weights in place is named."""
+        from engine.integrity import fingerprint
+
+        return f"{self.key!r}|{fingerprint(self.get())}"
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.key!r}{'' if self.index is None else f'[{self.index}]'})"
+
+
+def resolve(ref: Any) -> Any:
+    """The component behind a bundle field: a handle's weights, or the value itself."""
+    return ref.get() if isinstance(ref, ModelHandle) else ref
 
 
 def _free_memory() -> None:

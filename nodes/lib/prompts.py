@@ -20,6 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nodes._limits import MAX_PROMPT_CHUNKS, PromptTooLongError
+from nodes.lib.families import FAMILY_TABLE
+
 ROUND = 1.1
 SQUARE = 1 / 1.1
 CHUNK_TOKENS = 75  # + <bos> + <eos> = CLIP's 77 positions
@@ -140,6 +143,10 @@ def tokenize(tokenizer, text: str) -> TokenChunks:
                 chunks.append(([], []))
             chunks[-1][0].append(tid)
             chunks[-1][1].append(frag.weight)
+        if len(chunks) > MAX_PROMPT_CHUNKS:
+            raise PromptTooLongError(
+                f"the prompt is over {MAX_PROMPT_CHUNKS} chunks of {per_chunk} tokens "
+                f"({MAX_PROMPT_CHUNKS * per_chunk} tokens), the limit; shorten it")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids, weights, masks = [], [], []
@@ -210,7 +217,8 @@ def encode_with(tokenizer, encoder, text: str, family: str, clip_skip: int = 1) 
     """Encode `text` with one tokenizer / text encoder pair."""
     import torch
 
-    is_sdxl = family in ("sdxl", "sdxl_refiner")
+    info = FAMILY_TABLE.get(family)
+    is_sdxl = info is not None and info.sdxl_conditioning
     chunks = tokenize(tokenizer, text)
     hiddens = []
     pooled = None

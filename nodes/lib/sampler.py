@@ -53,11 +53,25 @@ def _step_kwargs(scheduler: Any, gen: torch.Generator, eta: float) -> dict[str, 
     return kwargs
 
 
+def step_stream(stream: rng.RandomStream | None, noise: rng.Noise | None,
+                image_cond: ImageConditioning | None) -> rng.RandomStream:
+    """The random stream for the per-step noise of stochastic schedulers: the one connected to
+    the Sampler, else the last seeded draw before sampling (the image conditioning's, then the
+    noise's: diffusers' order), else a stream from seed 0 (a refiner pass with no noise)."""
+    if stream is not None:
+        return stream
+    if image_cond is not None and image_cond.stream is not None:
+        return image_cond.stream
+    if noise is not None:
+        return noise.stream
+    return rng.Stream.start(0).position()
+
+
 @torch.no_grad()
-def sample(denoiser: Any, spec: SchedulerSpec, noise: torch.Tensor | None,
+def sample(denoiser: Any, spec: SchedulerSpec, noise: rng.Noise | None,
            init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
            image_cond: ImageConditioning | None = None, hooks: Hooks | None = None,
-           family: str = "sd1") -> torch.Tensor:
+           family: str = "sd1", stream: rng.RandomStream | None = None) -> torch.Tensor:
     hooks = hooks or Hooks()
     model = denoiser.model
     device = torch.device(model.device) if model.device is not None else torch.device("cpu")
@@ -74,14 +88,8 @@ def sample(denoiser: Any, spec: SchedulerSpec, noise: torch.Tensor | None,
     if noise is None and not spec.uses_start:
         raise SamplerInputError("noise", "connect a Latent Noise")
 
-    # the random stream for the steps of stochastic schedulers continues the last seeded draw
-    gen = (rng.continue_from(image_cond.concat) if image_cond is not None
-           and image_cond.concat is not None else None)
-    for source in (noise, init):
-        if gen is None and source is not None:
-            gen = rng.continue_from(source)
-    if gen is None:
-        gen = rng.generator(0)
+    gen = step_stream(stream, noise, image_cond).generator()
+    noise = noise.samples if noise is not None else None
 
     ref = noise if noise is not None else init
     batch = ref.shape[0]

@@ -33,21 +33,22 @@ def low_res_scheduler(model: ModelBundle) -> Any:
 
 
 @torch.no_grad()
-def x4_condition(model: ModelBundle, image: torch.Tensor, noise_level: int, gen: torch.Generator,
-                 batch: int = 1) -> tuple[ImageConditioning, torch.Tensor]:
+def x4_condition(model: ModelBundle, image: torch.Tensor, noise_level: int, stream: rng.Stream,
+                 batch: int = 1) -> tuple[ImageConditioning, rng.Noise]:
     """Noise the low-res image to `noise_level` with the low-res scheduler and draw the latent
     noise, in diffusers' order: image noise first, then latent noise, from one generator."""
     device = torch.device(model.device) if model.device is not None else torch.device("cpu")
     x = image.to(device, torch.float32) * 2 - 1
     level = torch.tensor([int(noise_level)], dtype=torch.long, device=device)
-    image_noise = rng.randn(tuple(x.shape), gen, device=device)
+    image_noise = stream.randn(tuple(x.shape), device=device)
     x = low_res_scheduler(model).add_noise(x, image_noise, level)
     if batch > 1:
         x = torch.cat([x] * (batch // x.shape[0]))
     channels = int(model.unet.config.out_channels)
-    latent_noise = rng.randn((x.shape[0], channels, x.shape[2], x.shape[3]), gen, device=device)
-    cond = ImageConditioning(concat=rng.attach(x, gen), class_labels=level, kind="upscale_x4")
-    return cond, rng.attach(latent_noise, gen)
+    latent_noise = stream.randn((x.shape[0], channels, x.shape[2], x.shape[3]), device=device)
+    position = stream.position()
+    cond = ImageConditioning(concat=x, class_labels=level, kind="upscale_x4", stream=position)
+    return cond, rng.Noise(latent_noise, position)
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def latent_x2(model: ModelBundle, positive: Conditioning, negative: Conditioning | None,
-              latent: torch.Tensor, steps: int, scale: float, gen: torch.Generator,
+              latent: torch.Tensor, steps: int, scale: float, stream: rng.Stream,
               hooks: Hooks | None = None) -> torch.Tensor:
     """StableDiffusionLatentUpscalePipeline's loop on an already encoded latent."""
     import diffusers
@@ -95,8 +96,8 @@ def latent_x2(model: ModelBundle, positive: Conditioning, negative: Conditioning
     timestep_condition = torch.cat([level_embed, pooled], dim=1)
 
     channels = int(model.extra.get("latent_channels", 4)) if model.extra else 4
-    latents = rng.randn((b, channels, latent.shape[2] * 2, latent.shape[3] * 2), gen,
-                        device=device, dtype=dtype)
+    latents = stream.randn((b, channels, latent.shape[2] * 2, latent.shape[3] * 2),
+                           device=device, dtype=dtype)
     latents = latents * sched.init_noise_sigma
     for i, t in enumerate(timesteps):
         hooks.check_cancelled()
