@@ -4,7 +4,12 @@
     python main.py FILE                 open a workflow (.json, or a .png that carries one)
     python main.py run [WORKFLOW] [--set ID.INPUT=VALUE ...] [--out DIR]
                        [--device auto|cpu|cuda|mps]
-    python main.py nodes [--json]       list the node catalogue
+    python main.py batch [WORKFLOW] --sweep ID.INPUT=VALUES ... --out DIR [--zip A,B]
+                         [--set ID.INPUT=VALUE ...] [--ray [ADDRESS]] [--workers N] [--resume]
+    python main.py nodes [--json]       list the node catalogue (by package) and plugin errors
+    python main.py import-comfy FILE -o WORKFLOW.json [--comfy-root DIR]
+                                        convert a ComfyUI workflow (.json or .png)
+    python main.py --safe ...           built-in nodes only (no plugins, no user nodes folder)
 """
 
 from __future__ import annotations
@@ -19,22 +24,17 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
-def _registry():
-    import importlib
+def _registry(warn: bool = True):
+    """Loom's node types with the plugins' (engine.plugins; none with --safe). A plugin that
+    fails to load is a warning on stderr and Loom goes on without it; a LOOM_EXTRA_NODES module
+    that cannot be imported is an error (LoomError)."""
+    from engine.plugins import load_registry
 
-    from engine.errors import LoomError
-    from engine.registry import default_registry
-
-    registry = default_registry()
-    # Extra node modules named by the user (e.g. their own or test nodes): imported, never exec'd.
-    extra = os.environ.get("LOOM_EXTRA_NODES", "")
-    for name in filter(None, (n.strip() for n in extra.split(","))):
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise LoomError(f"LOOM_EXTRA_NODES: cannot import node module '{name}': "
-                            f"{exc}") from None
-        registry.register_module(module)
+    registry = load_registry()
+    if warn:
+        for error in registry.report.errors:
+            print(f"warning: plugin {error} (not loaded; `main.py nodes` lists the plugins)",
+                  file=sys.stderr)
     return registry
 
 
@@ -134,12 +134,125 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Render a workflow once per combination of swept values (engine/batch.py)."""
+    import signal
+
+    from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides, ignored_values
+    from engine.batch import (
+        Batch,
+        BatchError,
+        BatchProgress,
+        InProcessBackend,
+        check_plan,
+        make_backend,
+        plan_batch,
+    )
+    from engine.errors import LoomError
+    from engine.validate import check_known_types
+
+    path = Path(args.workflow) if args.workflow else DEFAULT_WORKFLOW
+    _clean_stale_temp_files(args.out, path.parent)
+    try:
+        session = Session(_registry())
+        graph = session.load(path, check=False)
+        check_known_types(graph, session.registry)
+        apply_overrides(graph, session.registry, args.set or [])
+        plan = plan_batch(graph, args.sweep or [], args.zip or [])
+        both = {s.partition("=")[0].strip() for s in args.set or []} & \
+            {s.target for s in plan.sweeps}
+        if both:
+            raise BatchError(f"{', '.join(sorted(both))}: both --set and --sweep")
+        check_plan(plan)
+        targets = [*(args.set or []), *(s.target for s in plan.sweeps)]
+        for warning in ignored_values(graph, session.registry, targets):
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.ray is None:
+            make_backend(None, args.workers)  # refuses --workers N > 1 without --ray
+            backend = InProcessBackend(session)
+        else:
+            env = _json_option(args.ray_env, "--ray-env") if args.ray_env else None
+            backend = make_backend(args.ray, args.workers, worker_cpus=args.worker_cpus,
+                                   runtime_env=env)
+        batch = Batch(plan, args.out, resume=args.resume, backend=backend, device=args.device,
+                      options={"check_mutations": True} if args.check_inputs else None,
+                      own_backend=True)
+        if batch.done_before:
+            print(f"resuming: {batch.done_before} of {batch.total} items already done",
+                  file=sys.stderr)
+        batch.prepare()
+    except LoomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _refused_by_system(exc)
+
+    def on_interrupt(signum, frame) -> None:
+        when = batch.stop.request()
+        print("\nstopping " + ("after the items being rendered (Ctrl-C again to stop now); "
+                               "--resume finishes the batch" if when == "after" else "now"),
+              file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    progress = BatchProgress(batch.total, batch.done_before)
+    tty = sys.stderr.isatty()
+    shown = 0.0
+    error = None
+    try:
+        for r in batch:
+            progress.add(r)
+            for f in r.files:
+                print(Path(args.out) / f)
+            if not r.ok:
+                values = ", ".join(f"{k}={v!r}" for k, v in r.values.items())
+                print(f"{chr(13) if tty else ''}error: item {r.index} ({values}): {r.error}",
+                      file=sys.stderr)
+            now = time.monotonic()
+            if tty:
+                sys.stderr.write("\r\033[K" + progress.line())
+                sys.stderr.flush()
+            elif now - shown >= 1.0 or progress.remaining == 0:
+                shown = now
+                print(progress.line(), file=sys.stderr)
+    except LoomError as exc:
+        error = exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if tty:
+        sys.stderr.write("\n")
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+    ok = progress.finished - progress.failed
+    print(f"batch: {ok} ok, {progress.failed} failed, {progress.remaining} not run "
+          f"(of {batch.total}; {batch.done_before} done before); manifest "
+          f"{Path(args.out) / 'manifest.jsonl'}", file=sys.stderr)
+    return EXIT_OK if progress.failed == 0 and progress.remaining == 0 else EXIT_FAILED
+
+
+def _json_option(value: str, name: str):
+    """A JSON object given inline (`{...}`) or as a file path."""
+    from engine.errors import LoomError
+
+    try:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text("utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise LoomError(f"{name}: cannot read {value!r} as a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise LoomError(f"{name}: {value!r} is not a JSON object")
+    return data
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     from engine.errors import LoomError
     from engine.node import LINKED
 
     try:
-        registry = _registry()
+        registry = _registry(warn=args.json)
     except LoomError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -147,7 +260,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         json.dump(registry.catalogue(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return EXIT_OK
-    for spec in registry:
+    # grouped by package, each under a "# name version (kind)" line; failures at the end
+    report = registry.report
+    order = {info: i for i, (info, _types) in enumerate(report.packages)}
+    specs = sorted(registry, key=lambda s: order.get(registry.package_of(s.type_id), len(order)))
+    shown = object()
+    for spec in specs:
+        info = registry.package_of(spec.type_id)
+        if info != shown:
+            shown = info
+            if info is not None:
+                kind = {"builtin": "built in", "plugin": f"plugin, {info.source}",
+                        "user": f"user nodes folder, {info.source}",
+                        "module": "LOOM_EXTRA_NODES"}.get(info.kind, info.kind)
+                print(f"# {info.label()} ({kind})")
         summary = spec.description.splitlines()[0] if spec.description else ""
         print(f"{spec.type_id}  ({spec.title}, v{spec.version}) -- {summary}")
         for inp in spec.inputs.values():
@@ -166,6 +292,40 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             print(f"    in  {inp.name}: {inp.type}" + (f"  [{', '.join(extra)}]" if extra else ""))
         for out in spec.outputs:
             print(f"    out {out.name}: {out.type}")
+    if report.safe:
+        print("# safe mode (--safe): plugins, the user's nodes folder and LOOM_EXTRA_NODES were "
+              "not loaded")
+    for error in report.errors:
+        print(f"# failed: {error}")
+    return EXIT_OK
+
+
+def cmd_import_comfy(args: argparse.Namespace) -> int:
+    """Convert a ComfyUI workflow (UI or API format, .json or a ComfyUI PNG) to a Loom one;
+    what does not map is listed and kept as placeholder nodes (engine.comfy)."""
+    from engine.comfy import ImportOptions, import_file
+    from engine.errors import LoomError
+    from engine.validate import problems
+    from engine.workflow import graph_from_document, save_workflow
+
+    try:
+        registry = _registry()
+        options = ImportOptions(args.comfy_root, args.inpaint_model)
+        doc, report = import_file(args.file, registry, options)
+        graph = graph_from_document(doc, registry, str(args.file), check=False)
+        save_workflow(graph, args.output)
+    except LoomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, ValueError) as exc:
+        return _refused_by_system(exc)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    placeholders = {f"comfy_{cid}" for cid, _t, _w in report.not_mapped}
+    for problem in problems(graph, registry):
+        if problem.node_id not in placeholders:
+            print(f"warning: {problem}", file=sys.stderr)
+    print(args.output)
     return EXIT_OK
 
 
@@ -193,22 +353,74 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check-inputs", action="store_true",
                      help="fail a node that changes a value it was given in place (hashes every "
                           "input before and after each node; slower; for node authors)")
+    batch = sub.add_parser(
+        "batch", help="render a workflow once per combination of swept values",
+        description="Render a workflow for every combination of the swept values (the cross "
+                    "product; --zip makes sweeps vary together), sharing models and prompt "
+                    "encodings across items. Writes DIR/<prefix>_item<index>_NNNNN.png (the "
+                    "workflow and the item's values embedded) and DIR/manifest.jsonl (a line "
+                    "per finished item). Ctrl-C stops after the items being rendered; --resume "
+                    "finishes the rest. Exit status 1 if any item failed or was not run.")
+    batch.add_argument("workflow", nargs="?",
+                       help="workflow .json or .png (default: the bundled one)")
+    batch.add_argument("--sweep", action="append", metavar="ID.INPUT=VALUES",
+                       help="values one input takes: a,b,c | A..B[:STEP] (numbers) | @FILE "
+                            "(one per line) | a JSON list (repeatable)")
+    batch.add_argument("--zip", action="append", metavar="A,B",
+                       help="swept inputs that vary together instead of crosswise "
+                            "(as many values each; repeatable)")
+    batch.add_argument("--set", action="append", metavar="ID.INPUT=VALUE",
+                       help="a fixed value for every item (repeatable)")
+    batch.add_argument("--out", required=True, metavar="DIR",
+                       help="output folder (its manifest.jsonl records the items)")
+    batch.add_argument("--resume", action="store_true",
+                       help="finish the batch in DIR: skip the items it finished")
+    batch.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                       help="render on Ray workers (one per GPU, else per CPU): a cluster "
+                            "address, or none for Ray's default (RAY_ADDRESS, a running "
+                            "local cluster, else a new local one)")
+    batch.add_argument("--workers", type=int, metavar="N", help="how many Ray workers")
+    batch.add_argument("--worker-cpus", type=float, default=1, metavar="C",
+                       help="CPUs per Ray worker (default 1)")
+    batch.add_argument("--ray-env", metavar="JSON|FILE",
+                       help="the Ray runtime env for the workers (e.g. '{\"working_dir\": "
+                            "\".\"}' to ship the project to a cluster)")
+    batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    batch.add_argument("--check-inputs", action="store_true",
+                       help="fail a node that changes a value it was given in place")
     nodes = sub.add_parser("nodes", help="list the node catalogue")
     nodes.add_argument("--json", action="store_true")
+    comfy = sub.add_parser("import-comfy", help="convert a ComfyUI workflow to a Loom one")
+    comfy.add_argument("file", help="ComfyUI workflow: .json (UI or API format) or a ComfyUI PNG")
+    comfy.add_argument("-o", "--output", required=True, metavar="WORKFLOW.json",
+                       help="the Loom workflow to write")
+    comfy.add_argument("--comfy-root", metavar="DIR",
+                       help="ComfyUI's folder: model and image names resolve to its "
+                            "models/checkpoints, models/loras, models/controlnet and input "
+                            "(default: kept as written, relative to the new workflow)")
+    comfy.add_argument("--inpaint-model", choices=("auto", "yes", "no"), default="auto",
+                       help="VAEEncodeForInpaint: is the checkpoint an inpainting model? "
+                            "(auto: by its name)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("run", "nodes", "-h", "--help"):
+    if "--safe" in argv:
+        argv.remove("--safe")  # built-in nodes only, for every command (engine.plugins)
+        os.environ["LOOM_SAFE"] = "1"
+    if argv and argv[0] in ("run", "batch", "nodes", "import-comfy", "-h", "--help"):
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as exc:
             return EXIT_INVALID if exc.code else EXIT_OK
-        return cmd_run(args) if args.command == "run" else cmd_nodes(args)
+        commands = {"run": cmd_run, "batch": cmd_batch, "import-comfy": cmd_import_comfy}
+        return commands.get(args.command, cmd_nodes)(args)
     ep = argparse.ArgumentParser(prog="main.py", description="open the Loom editor",
-                                 epilog="Subcommands: run (headless render), nodes (catalogue)")
+                                 epilog="Subcommands: run (headless render), batch (sweeps), "
+                                        "nodes (catalogue), import-comfy (ComfyUI workflows); "
+                                        "--safe: built-in nodes only")
     ep.add_argument("file", nargs="?", help="workflow .json or .png to open")
     ep.add_argument("--screenshot", metavar="PATH", help="save a PNG of the window and exit")
     ep.add_argument("--render", action="store_true",

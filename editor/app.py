@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -15,18 +14,11 @@ _T0 = time.perf_counter()
 
 
 def _registry():
-    from engine.errors import LoomError
-    from engine.registry import default_registry
+    """Loom's node types and the plugins' (engine.plugins; built-in only with --safe). Plugins
+    that fail to load are in `registry.report.errors`, which the Plugins panel lists."""
+    from engine.plugins import load_registry
 
-    registry = default_registry()
-    extra = os.environ.get("LOOM_EXTRA_NODES", "")
-    for name in filter(None, (n.strip() for n in extra.split(","))):
-        try:
-            registry.register_module(importlib.import_module(name))
-        except ImportError as exc:
-            raise LoomError(f"LOOM_EXTRA_NODES: cannot import node module '{name}': "
-                            f"{exc}") from None
-    return registry
+    return load_registry()
 
 
 def offer_recovery(window: Any, answer: str | None = None) -> bool:
@@ -57,7 +49,9 @@ def offer_recovery(window: Any, answer: str | None = None) -> bool:
     if data is not None and answer == "accept":
         try:
             path = Path(data["path"]) if data.get("path") else None
-            window.doc.load_text(json.dumps(data["workflow"]), path, modified=True)
+            source = Path(data["source"]) if data.get("source") else None
+            window.doc.load_text(json.dumps(data["workflow"]), path, modified=True,
+                                 source=source)
             window.doc.write_recovery()
             window.say(f"Restored unsaved work from {newest.name}")
             restored = True
@@ -127,6 +121,8 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
     app.setOrganizationName("Loom")
     theme.apply(app)
     window = MainWindow()
+    if screenshot:  # the README picture: wide enough for the default workflow at 80 % or more
+        window.resize(1800, 1000)
     status = {"code": 0}
 
     def report_shown() -> None:
@@ -160,7 +156,6 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
             window.say("No default workflow found — Tab or double-click to add nodes")
         window.ready.emit()
         if screenshot:
-            QTimer.singleShot(0, window.view.fit)
             if render and window.run():
                 window.runner.finished.connect(lambda _r: QTimer.singleShot(400,
                                                                             take_screenshot))

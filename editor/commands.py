@@ -146,7 +146,12 @@ class SetNodeUi(QUndoCommand):
 
     def redo(self) -> None:
         for nid, ch in self.new.items():
-            self.graph.set_ui(nid, **copy.deepcopy(ch))
+            node = self.graph.node(nid)
+            for k, v in ch.items():
+                if v is None:  # None removes the entry
+                    node.ui.pop(k, None)
+            self.graph.set_ui(nid, **{k: v for k, v in copy.deepcopy(ch).items()
+                                      if v is not None})
 
     def undo(self) -> None:
         for nid, ch in self.old.items():

@@ -14,11 +14,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QBuffer, QIODevice, QLockFile, QObject, QStandardPaths, QTimer, Signal
+from PySide6.QtCore import QBuffer, QIODevice, QLockFile, QObject, QTimer, Signal
 from PySide6.QtGui import QImage, QUndoStack
 
+from editor.places import data_dir, is_shipped, refuse_shipped
+from engine.comfy import read_any
 from engine.errors import LoomError
 from engine.graph import Graph
+from engine.paths import PROJECT_ROOT, path_problem, resolve_path
 from engine.registry import Registry
 from engine.workflow import (
     atomic_write_text,
@@ -26,7 +29,6 @@ from engine.workflow import (
     graph_from_document,
     graph_to_document,
     parse_document,
-    read_document,
     save_workflow,
 )
 
@@ -45,13 +47,51 @@ def image_bytes(image: QImage, fmt: str = "PNG") -> bytes:
 
 def recovery_dir() -> Path:
     env = os.environ.get("LOOM_RECOVERY_DIR")
-    if env:
-        d = Path(env)
-    else:
-        base = QStandardPaths.writableLocation(QStandardPaths.AppLocalDataLocation)
-        d = Path(base or Path.home() / ".loom") / "recovery"
+    d = Path(env) if env else data_dir() / "recovery"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _portable(target: Path, base: Path) -> str:
+    """`target` as a workflow in `base` should name it: relative to `base` or to Loom's folder
+    when inside one of them (in that order), else absolute."""
+    for root in (base, PROJECT_ROOT):
+        try:
+            return target.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(target)
+
+
+def moved_paths(graph: Graph, registry: Registry, old_base: Path,
+                new_base: Path) -> dict[tuple[str, str], str]:
+    """Relative file paths in `graph` that name an existing file from `old_base` (the folder
+    the workflow came from) but would name another one, or none, from `new_base` (where it is
+    being saved): {(node, input): the path rewritten for new_base}. Saving a bundled example
+    into the user's folder keeps its input images."""
+    out: dict[tuple[str, str], str] = {}
+    if old_base.resolve() == new_base.resolve():
+        return out
+    for nid, n in graph.nodes.items():
+        spec = registry.get(n.type)
+        if spec is None:
+            continue
+        for name, inp in spec.inputs.items():
+            value = n.values.get(name)
+            if not inp.path or not isinstance(value, str) or not value \
+                    or path_problem(value) is not None or Path(value).expanduser().is_absolute():
+                continue
+            try:
+                old = resolve_path(value, {"base_dir": str(old_base)})
+                if not old.exists():
+                    continue
+                new = resolve_path(value, {"base_dir": str(new_base)})
+                if new.exists() and new.resolve() == old.resolve():
+                    continue
+                out[(nid, name)] = _portable(old.resolve(), new_base)
+            except (OSError, ValueError, RuntimeError):
+                continue
+    return out
 
 
 class Document(QObject):
@@ -66,6 +106,9 @@ class Document(QObject):
         self.registry = registry
         self.graph = Graph(registry)
         self.path: Path | None = None
+        self.source: Path | None = None
+        """The file the graph was read from: `path`, a bundled workflow (opened as an untitled
+        copy) or a PNG. Relative paths in the graph resolve against its folder."""
         self.undo = QUndoStack(self)
         self.undo.cleanChanged.connect(self._clean_changed)
         self.undo.indexChanged.connect(self._schedule_autosave)
@@ -82,9 +125,21 @@ class Document(QObject):
     def modified(self) -> bool:
         return not self.undo.isClean()
 
+    @property
+    def bundled(self) -> bool:
+        """An untitled copy of a workflow that ships with Loom."""
+        return self.path is None and is_shipped(self.source)
+
     def title(self) -> str:
         name = self.path.name if self.path else "Untitled"
+        if self.bundled:
+            name += f" (copy of {self.source.name})"
         return f"{name}{' •' if self.modified else ''} — Loom"
+
+    def base_dir(self) -> Path:
+        """The folder relative paths in the graph resolve against (as the engine does)."""
+        source = self.graph.ui.get("_source")
+        return Path(source).parent if isinstance(source, str) and source else Path.cwd()
 
     def _sync_viewport(self) -> None:
         if self.viewport_getter is not None:
@@ -93,11 +148,12 @@ class Document(QObject):
                 self.graph.ui["viewport"] = vp
 
     # files ----------------------------------------------------------------------------------
-    def set_graph(self, graph: Graph, path: Path | None) -> None:
+    def set_graph(self, graph: Graph, path: Path | None, source: Path | None = None) -> None:
         self.graph = graph
         self.path = path
-        if path is not None:
-            graph.ui["_source"] = str(path.resolve())
+        self.source = source if source is not None else path
+        if self.source is not None:
+            graph.ui["_source"] = str(self.source.resolve())
         self.undo.clear()
         self.undo.setClean()
         self.graph_replaced.emit()
@@ -108,17 +164,21 @@ class Document(QObject):
 
     def load(self, path: str | os.PathLike) -> None:
         """Open a workflow (.json, or .png carrying one). Raises LoomError (WorkflowError) on
-        a file that cannot be read; a graph with problems still opens (they are listed)."""
+        a file that cannot be read; a graph with problems still opens (they are listed). A
+        workflow that ships with Loom opens as an untitled copy: saving it asks where."""
         p = Path(path)
-        doc = read_document(p)
+        # a Loom workflow, or a ComfyUI one (UI / API format, or a ComfyUI PNG) converted by
+        # engine.comfy; an import opens untitled (Save asks where: the ComfyUI file stays)
+        doc, imported = read_any(p, self.registry)
         graph = graph_from_document(doc, self.registry, str(p), check=False)
-        self.set_graph(graph, p if p.suffix.lower() == ".json" else None)
-        if p.suffix.lower() != ".json":
-            graph.ui["_source"] = str(p.resolve())
+        own = p.suffix.lower() == ".json" and not is_shipped(p) and imported is None
+        self.set_graph(graph, p if own else None, source=p)
 
-    def load_text(self, text: str, path: Path | None = None, modified: bool = False) -> None:
+    def load_text(self, text: str, path: Path | None = None, modified: bool = False,
+                  source: Path | None = None) -> None:
         graph = graph_from_document(parse_document(text), self.registry, None, check=False)
-        self.set_graph(graph, path)
+        own = path if path is not None and not is_shipped(path) else None
+        self.set_graph(graph, own, source=source or path)
         if modified:
             # a restored document differs from its file: make it "modified" until saved
             self.undo.resetClean()
@@ -129,9 +189,10 @@ class Document(QObject):
         target = Path(path) if path is not None else self.path
         if target is None:
             raise LoomError("no file name: use Save As")
+        refuse_shipped(target, "your workflow")
         self._sync_viewport()
         save_workflow(self.graph, target)
-        self.path = target
+        self.path = self.source = target
         self.graph.ui["_source"] = str(target.resolve())
         self.undo.setClean()
         self.changed.emit()
@@ -167,6 +228,7 @@ class Document(QObject):
         path = self._ensure_recovery_file()
         payload = {"loom_recovery": 1, "saved_at": time.time(),
                    "path": str(self.path) if self.path else None,
+                   "source": str(self.source) if self.source else None,
                    "workflow": graph_to_document(self.graph)}
         try:
             atomic_write_text(path, json.dumps(payload, ensure_ascii=False))

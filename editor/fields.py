@@ -12,7 +12,7 @@ from typing import Any
 from engine.node import Input
 from engine.types import BOOLEAN, FLOAT, INT, STRING
 
-ROW_H = 24.0
+ROW_H = 25.0
 MULTILINE_H = 76.0
 SEED_MAX = 2**32 - 1
 

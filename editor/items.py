@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from PySide6.QtWidgets import (
     QGraphicsItem,
     QGraphicsPathItem,
     QGraphicsProxyWidget,
+    QGraphicsSceneContextMenuEvent,
     QGraphicsSceneHoverEvent,
     QGraphicsSceneMouseEvent,
     QLineEdit,
@@ -34,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor import fields, theme
+from editor.field_widgets import F_ROW, F_SMALL, FieldWidget, clip_lines, widget_for
 from engine.node import Input, NodeSpec, Output, ignored_inputs
 
 if TYPE_CHECKING:
@@ -47,22 +50,27 @@ DEFAULT_W = 230.0
 MIN_W = 150.0
 IMAGE_MAX_H = 260.0
 RADIUS = 7.0
+BADGE_H = 16.0  # the run-state badge above a node (timings, "blocked", "muted")
+BUSY_W = 60.0  # the moving stripe of a running node that has nothing to count yet
+DRAG_SLOP = 3.0  # scene units a press moves before it is a drag (a scrub)
 _press_tokens = itertools.count(1)
 
-_F_TITLE = theme.ui_font(9.5, bold=True)
-_F_ROW = theme.ui_font(8.5)
-_F_SMALL = theme.ui_font(7.5)
+_F_TITLE = theme.ui_font(10.0, bold=True)
+_F_ROW = F_ROW
+_F_SMALL = F_SMALL
 _FM_ROW = QFontMetricsF(_F_ROW)
+_FM_SMALL = QFontMetricsF(_F_SMALL)
 _FM_TITLE = QFontMetricsF(_F_TITLE)
 
 
 @dataclass
 class Row:
-    kind: str  # "slot" (connection input and/or output), "field", "image"
+    kind: str  # "slot" (connection input and/or output), "field", "image", "text"
     y: float
     h: float
     input: Input | None = None
     output: Output | None = None
+    field: FieldWidget | None = None
 
 
 class SocketItem(QGraphicsItem):
@@ -84,7 +92,7 @@ class SocketItem(QGraphicsItem):
         self.setZValue(2)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemHasNoContents)
         self.setCursor(Qt.CursorShape.CrossCursor)
-        self.setToolTip(f"{name}: {type_name}")
+        self.setToolTip(socket_tooltip(node.spec, name, type_name, is_output))
 
     def boundingRect(self) -> QRectF:  # noqa: N802
         r = SOCKET_R + 4
@@ -209,6 +217,33 @@ class EdgeItem(QGraphicsPathItem):
         self.hovered = False
         self.update()
 
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:  # noqa: N802
+        self.src.node.ctl.edge_menu(self, event.scenePos(), event.screenPos())
+        event.accept()
+
+
+def socket_tooltip(spec: NodeSpec | None, name: str, type_name: str, is_output: bool) -> str:
+    """What a socket is for: its label and type, the port's description, whether it may stay
+    unconnected."""
+    port: Input | Output | None = None
+    if spec is not None:
+        port = next((o for o in spec.outputs if o.name == name), None) if is_output \
+            else spec.inputs.get(name)
+    label = fields.label_of(port) if isinstance(port, Input) else name.replace("_", " ")
+    parts = [f"<b>{_esc(label)}</b> <span style='color:#8b8f96'>{_esc(type_name)} "
+             f"{'output' if is_output else 'input'}</span>"]
+    desc = getattr(port, "description", "") if port is not None else ""
+    if desc:
+        parts.append(_esc(desc))
+    if isinstance(port, Input):
+        if port.optional:
+            parts.append("<i>optional</i>")
+        elif port.connection_only:
+            parts.append("<i>must be connected</i>")
+        else:
+            parts.append("<i>connect a value here, or set it in the field</i>")
+    return "<br>".join(parts)
+
 
 def wire_path(p1: QPointF, p2: QPointF) -> QPainterPath:
     dx = max(abs(p2.x() - p1.x()) * 0.5, 40.0)
@@ -251,7 +286,9 @@ def to_qimage(image: Any) -> QImage | None:
 
 class NodeItem(QGraphicsItem):
     """One node: a title, slot rows (connection inputs left, outputs right), a field row per
-    constant input (each with its own socket: connecting hides the field), run state."""
+    constant input (each with its own socket: connecting hides the field), the last run's
+    state. Each field is a widget object (editor.field_widgets) that lays itself out, paints
+    itself and handles its own clicks; the node only routes events to it."""
 
     def __init__(self, ctl: GraphScene, node_id: str, type_id: str, spec: NodeSpec | None):
         super().__init__()
@@ -260,10 +297,13 @@ class NodeItem(QGraphicsItem):
         self.type_id = type_id
         self.spec = spec
         self._ignored_shown: dict[str, str] = {}
-        self.title = spec.title if spec else f"{type_id} (unknown)"
+        self.type_title = spec.title if spec else f"{type_id} (unknown)"
+        self.title = self.type_title
+        self.mode: str | None = None  # "bypass" or "mute" (editor.modes)
         self.rows: list[Row] = []
         self.in_sockets: dict[str, SocketItem] = {}
         self.out_sockets: dict[str, SocketItem] = {}
+        self.widgets: dict[str, FieldWidget] = {}
         self.width = DEFAULT_W
         self.height = TITLE_H
         self.collapsed = False
@@ -275,6 +315,7 @@ class NodeItem(QGraphicsItem):
         self.error_input: str | None = None
         self.problem: str | None = None
         self.progress: tuple[int, int] | None = None
+        self.run_since: float | None = None
         self.preview: QImage | None = None
         self.images: list[QImage] = []
         self.text_result: str | None = None
@@ -306,12 +347,19 @@ class NodeItem(QGraphicsItem):
     def linked(self, name: str) -> bool:
         return (self.node_id, name) in self.ctl.graph.links
 
+    @property
+    def loads(self) -> bool:
+        """A node that loads models (its running time is mostly reading weights)."""
+        return self.spec is not None and self.spec.category == "loaders"
+
     # layout --------------------------------------------------------------------------------
     def _make_sockets(self) -> None:
         if self.spec is None:
             return
         for inp in self.spec.inputs.values():
             self.in_sockets[inp.name] = SocketItem(self, inp.name, inp.type, False)
+            if fields.has_field(inp):
+                self.widgets[inp.name] = widget_for(self, inp)
         for out in self.spec.outputs:
             self.out_sockets[out.name] = SocketItem(self, out.name, out.type, True)
 
@@ -325,10 +373,18 @@ class NodeItem(QGraphicsItem):
                 self.setPos(p)
         size = ui.get("size")
         width = DEFAULT_W
-        if isinstance(size, (list, tuple)) and size and isinstance(size[0], (int, float)):
+        if isinstance(size, (list, tuple)) and size and isinstance(size[0], (int, float)) \
+                and not isinstance(size[0], bool) and math.isfinite(size[0]):
             width = max(MIN_W, float(size[0]))
         color = ui.get("color") if isinstance(ui.get("color"), str) else None
         collapsed = bool(ui.get("collapsed", False))
+        title = ui.get("title") if isinstance(ui.get("title"), str) and ui.get("title") \
+            else self.type_title
+        mode = ui.get("mode") if ui.get("mode") in ("bypass", "mute") else None
+        if (title, mode) != (self.title, self.mode):
+            self.title, self.mode = title, mode
+            self._refresh_tooltip()
+            self.update()
         if (width, color, collapsed) != (self.width, self.color, self.collapsed) \
                 or not self.rows:
             self.width, self.color, self.collapsed = width, color, collapsed
@@ -340,19 +396,17 @@ class NodeItem(QGraphicsItem):
         y = TITLE_H + 4
         spec = self.spec
         if spec is not None:
-            conn = [i for i in spec.inputs.values() if not fields.has_field(i)]
+            conn = [i for i in spec.inputs.values() if i.name not in self.widgets]
             for k in range(max(len(conn), len(spec.outputs))):
                 inp = conn[k] if k < len(conn) else None
                 out = spec.outputs[k] if k < len(spec.outputs) else None
                 rows.append(Row("slot", y, SLOT_H, inp, out))
                 y += SLOT_H
-            for inp in spec.inputs.values():
-                if fields.has_field(inp):
-                    h = fields.ROW_H if self.linked(inp.name) else fields.row_height(inp)
-                    rows.append(Row("field", y, h, inp))
-                    y += h
-        img = self.preview if self.state == "running" and self.preview is not None \
-            else (self.images[0] if self.images else None)
+            for name, w in self.widgets.items():
+                h = fields.ROW_H if self.linked(name) else w.height()
+                rows.append(Row("field", y, h, w.inp, field=w))
+                y += h
+        img = self.shown_image()
         if img is not None and not img.isNull():
             iw = self.width - 2 * PAD
             ih = min(IMAGE_MAX_H, iw * img.height() / max(img.width(), 1))
@@ -376,13 +430,17 @@ class NodeItem(QGraphicsItem):
         self.update_edges()
         self.update()
 
+    def shown_image(self) -> QImage | None:
+        return self.preview if self.state == "running" and self.preview is not None \
+            else (self.images[0] if self.images else None)
+
     def update_edges(self) -> None:
         for s in itertools.chain(self.in_sockets.values(), self.out_sockets.values()):
             for e in s.edges:
                 e.update_path()
 
-    def boundingRect(self) -> QRectF:  # noqa: N802
-        return QRectF(-12, -6, self.width + 24, self.height + 12)
+    def boundingRect(self) -> QRectF:  # noqa: N802 - includes the status badge above
+        return QRectF(-12, -BADGE_H - 6, self.width + 24, self.height + BADGE_H + 12)
 
     def itemChange(self, change: QGraphicsItem.GraphicsItemChange, value: Any) -> Any:  # noqa: N802
         if change == QGraphicsItem.GraphicsItemChange.ItemPositionHasChanged:
@@ -391,23 +449,34 @@ class NodeItem(QGraphicsItem):
             self.setZValue(1 if value else 0)
         return super().itemChange(change, value)
 
+    def field_rect(self, row: Row) -> QRectF:
+        return QRectF(PAD + 4, row.y + 2, self.width - 2 * PAD - 8, row.h - 4)
+
+    def field_row(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.kind == "field" and r.input.name == name), None)
+
     # painting ------------------------------------------------------------------------------
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem,
               widget: QWidget | None = None) -> None:
         lod = option.levelOfDetailFromTransform(painter.worldTransform())
         body = QRectF(0, 0, self.width, self.height)
         title_color = QColor(self.color) if self.color else theme.NODE_TITLE
-        border = self._border_color()
+        border = self._border()
+        painter.save()
+        faded = 0.4 if self.mode == "mute" else 0.6 if self.state in ("blocked", "not run") \
+            else 1.0
+        painter.setOpacity(faded)
         if lod < 0.35:  # far away: blocks only
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(theme.NODE_BODY)
             painter.drawRect(body)
-            painter.setBrush(title_color if border is None else border)
+            painter.setBrush(title_color if border is None else border[0])
             painter.drawRect(QRectF(0, 0, self.width, TITLE_H))
             if self.isSelected():
                 painter.setPen(QPen(theme.SELECTED, 4))
                 painter.setBrush(Qt.BrushStyle.NoBrush)
                 painter.drawRect(body)
+            painter.restore()
             return
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         # body and title
@@ -420,30 +489,28 @@ class NodeItem(QGraphicsItem):
             title.addRect(QRectF(0, TITLE_H - RADIUS, self.width, RADIUS))
         painter.setBrush(title_color)
         painter.drawPath(title.simplified())
-        # status strip, progress
+        # status dot, progress
         if self.state is not None:
-            sc = theme.STATUS_COLORS.get(self.state, theme.TEXT_DIM)
-            painter.setBrush(sc)
+            painter.setBrush(theme.STATUS_COLORS.get(self.state, theme.TEXT_DIM))
             painter.drawEllipse(QPointF(12, TITLE_H / 2), 4, 4)
-        if self.progress is not None and self.state == "running":
-            step, total = self.progress
-            frac = step / total if total else 0
+        if self.state == "running":
             painter.setBrush(theme.ACCENT)
-            painter.drawRect(QRectF(0, TITLE_H - 3, self.width * frac, 3))
-        # title text and timing
+            if self.progress is not None and self.progress[0] > 0:
+                step, total = self.progress
+                frac = step / total if total else 0
+                painter.drawRect(QRectF(0, TITLE_H - 3, self.width * frac, 3))
+            else:  # nothing to count yet (a model loads): a stripe that moves
+                span = self.width + BUSY_W
+                x = (time.monotonic() * 140.0) % span - BUSY_W
+                painter.drawRect(QRectF(max(0.0, x), TITLE_H - 3,
+                                        min(x + BUSY_W, self.width) - max(0.0, x), 3))
+        # the title uses the full width: timings go to the badge above the node
         painter.setFont(_F_TITLE)
         painter.setPen(theme.TEXT)
         x0 = 22 if self.state is not None else PAD + 2
-        status = self._status_text()
-        sw = _FM_ROW.horizontalAdvance(status) + 8 if status else 0
-        tr = QRectF(x0, 0, self.width - x0 - PAD - sw, TITLE_H)
+        tr = QRectF(x0, 0, self.width - x0 - PAD, TITLE_H)
         painter.drawText(tr, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
                          _FM_TITLE.elidedText(self.title, Qt.TextElideMode.ElideRight, tr.width()))
-        if status:
-            painter.setFont(_F_ROW)
-            painter.setPen(theme.STATUS_COLORS.get(self.state or "", theme.TEXT_DIM))
-            painter.drawText(QRectF(self.width - PAD - sw, 0, sw, TITLE_H),
-                             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, status)
         if not self.collapsed and lod >= 0.5:
             painter.setFont(_F_ROW)
             for row in self.rows:
@@ -455,12 +522,17 @@ class NodeItem(QGraphicsItem):
                     self._paint_image(painter, row)
                 elif row.kind == "text":
                     self._paint_text(painter, row)
+        if self.mode == "bypass":
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(theme.BYPASS_TINT)
+            painter.drawRoundedRect(body, RADIUS, RADIUS)
         # border
         painter.setBrush(Qt.BrushStyle.NoBrush)
         if self.isSelected():
             painter.setPen(QPen(theme.SELECTED, 2.0))
         elif border is not None:
-            painter.setPen(QPen(border, 2.0))
+            color, width, style = border
+            painter.setPen(QPen(color, width, style))
         else:
             painter.setPen(QPen(theme.NODE_BORDER, 1.0))
         painter.drawRoundedRect(body, RADIUS, RADIUS)
@@ -472,29 +544,62 @@ class NodeItem(QGraphicsItem):
             w, h = self.width, self.height
             for d in (4, 8):
                 painter.drawLine(QPointF(w - d, h - 2), QPointF(w - 2, h - d))
+        painter.restore()
+        self._paint_badge(painter)
 
-    def _border_color(self) -> QColor | None:
-        if self.error or self.state == "error":
-            return theme.STATUS_COLORS["error"]
+    def _border(self) -> tuple[QColor, float, Qt.PenStyle] | None:
+        solid = Qt.PenStyle.SolidLine
+        if self.state == "error":
+            return theme.STATUS_COLORS["error"], 2.5, solid
         if self.state == "running":
-            return theme.STATUS_COLORS["running"]
+            return theme.STATUS_COLORS["running"], 2.0, solid
+        if self.state == "blocked":
+            return theme.STATUS_COLORS["blocked"], 1.5, Qt.PenStyle.DashLine
         if self.problem:
-            return QColor("#b08a3c")
+            return QColor("#b08a3c"), 2.0, solid
         return None
 
-    def _status_text(self) -> str:
-        if self.state is None:
-            return ""
-        if self.state == "running":
+    def status_text(self) -> str:
+        """What the badge above the node says of the last run (and of its mode)."""
+        state = self.state
+        text = ""
+        if state == "running":
             if self.progress:
-                return f"{self.progress[0]}/{self.progress[1]}"
-            return "running"
-        if self.state in ("done", "error", "cancelled") and self.elapsed is not None:
-            return f"{self.elapsed:.2f}s" if self.elapsed < 60 else f"{self.elapsed / 60:.1f}m"
-        return self.state
+                step, total = self.progress
+                text = f"{'loading ' if self.loads else ''}{step}/{total}"
+            else:
+                text = self.busy_text()
+        elif state in ("done", "cancelled") and self.elapsed is not None:
+            text = _duration(self.elapsed) if state == "done" else \
+                f"cancelled · {_duration(self.elapsed)}"
+        elif state == "error":
+            text = "failed" + (f" · {_duration(self.elapsed)}" if self.elapsed else "")
+        elif state is not None:
+            text = state
+        mode = {"bypass": "bypassed", "mute": "muted"}.get(self.mode or "")
+        return " · ".join(t for t in (mode, text) if t)
+
+    def busy_text(self) -> str:
+        since = time.monotonic() - self.run_since if self.run_since is not None else 0.0
+        return f"{'loading' if self.loads else 'running'}… {since:.0f}s"
+
+    def _paint_badge(self, painter: QPainter) -> None:
+        text = self.status_text()
+        if not text:
+            return
+        painter.setFont(_F_SMALL)
+        tw = _FM_SMALL.horizontalAdvance(text) + 12
+        r = QRectF(max(0.0, self.width - tw), -BADGE_H - 3, min(tw, self.width), BADGE_H)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(theme.BADGE)
+        painter.drawRoundedRect(r, 4, 4)
+        color = theme.STATUS_COLORS.get(self.state or "", theme.TEXT_DIM)
+        painter.setPen(color if self.state else theme.TEXT_DIM)
+        painter.drawText(r, Qt.AlignmentFlag.AlignCenter,
+                         _FM_SMALL.elidedText(text, Qt.TextElideMode.ElideRight, r.width() - 6))
 
     def _paint_slot(self, painter: QPainter, row: Row) -> None:
-        cy = QRectF(0, row.y, self.width, row.h)
         if row.input is not None:
             painter.setPen(theme.TEXT if not self._input_error(row.input.name) else
                            theme.STATUS_COLORS["error"])
@@ -506,13 +611,9 @@ class NodeItem(QGraphicsItem):
             r = QRectF(self.width / 2, row.y, self.width / 2 - PAD - 6, row.h)
             painter.drawText(r, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
                              row.output.name.replace("_", " "))
-        del cy
 
     def _input_error(self, name: str) -> bool:
-        return self.error_input == name
-
-    def field_rect(self, row: Row) -> QRectF:
-        return QRectF(PAD + 4, row.y + 2, self.width - 2 * PAD - 8, row.h - 4)
+        return self.state == "error" and self.error_input == name
 
     def ignored(self) -> dict[str, str]:
         """Inputs that have no effect as the node is wired and set (engine.node.ignored_inputs):
@@ -524,125 +625,25 @@ class NodeItem(QGraphicsItem):
         return ignored_inputs(self.spec, n.values, linked)
 
     def _paint_field(self, painter: QPainter, row: Row) -> None:
-        inp = row.input
-        assert inp is not None
+        w = row.field
         ignored = self.ignored()
         if ignored != self._ignored_shown:
             self._ignored_shown = ignored
             self._refresh_tooltip()
-        if inp.name in ignored and not self.linked(inp.name):
-            painter.save()
-            painter.setOpacity(0.35)
-            try:
-                self._paint_field_body(painter, row)
-            finally:
-                painter.restore()
-            return
-        self._paint_field_body(painter, row)
-
-    def _paint_field_body(self, painter: QPainter, row: Row) -> None:
-        inp = row.input
-        assert inp is not None
-        kind = fields.kind_of(inp)
         rect = self.field_rect(row)
-        label = fields.label_of(inp)
-        if self.linked(inp.name):
-            painter.setPen(theme.TEXT)
-            painter.drawText(QRectF(rect.x() + 2, rect.y(), rect.width(), rect.height()),
-                             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, label)
+        if self.linked(w.name):
+            w.paint_linked(painter, rect)
             return
-        value = self.value(inp.name)
-        hover = self._hover_row is row
-        painter.setPen(QPen(theme.STATUS_COLORS["error"], 1) if self._input_error(inp.name)
-                       else Qt.PenStyle.NoPen)
-        painter.setBrush(theme.FIELD_HOVER if hover else theme.FIELD)
-        painter.drawRoundedRect(rect, 5, 5)
-        inner = rect.adjusted(8, 0, -8, 0)
-        dim, text = theme.TEXT_DIM, theme.TEXT
-        left = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft
-        right = Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight
-        if kind == "slider":
-            lo, hi = float(inp.min), float(inp.max)
-            frac = (float(value) - lo) / (hi - lo) if hi > lo and value is not None else 0
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(theme.FIELD_FILL)
-            fill = QRectF(rect.x(), rect.y(), rect.width() * max(0.0, min(1.0, frac)),
-                          rect.height())
-            painter.drawRoundedRect(fill, 5, 5)
-        if kind in ("number", "seed"):
-            painter.setPen(dim if hover else QColor(0, 0, 0, 0))
-            painter.drawText(QRectF(rect.x() + 3, rect.y(), 10, rect.height()),
-                             Qt.AlignmentFlag.AlignCenter, "‹")
-            end = rect.right() - (40 if kind == "seed" else 0)
-            painter.drawText(QRectF(end - 13, rect.y(), 10, rect.height()),
-                             Qt.AlignmentFlag.AlignCenter, "›")
-            inner = QRectF(rect.x() + 14, rect.y(), end - rect.x() - 28, rect.height())
-        if kind == "multiline":
-            painter.setPen(dim)
-            painter.setFont(_F_SMALL)
-            painter.drawText(QRectF(inner.x(), rect.y() + 2, inner.width(), 12), left, label)
-            painter.setFont(_F_ROW)
-            painter.setPen(text if value else dim)
-            box = QRectF(inner.x(), rect.y() + 15, inner.width(), rect.height() - 17)
-            shown = value if value else f"{label}…"
-            painter.drawText(box, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop
-                             | Qt.TextFlag.TextWordWrap, _clip_lines(shown, box))
-            return
-        painter.setPen(dim)
-        label_w = min(_FM_ROW.horizontalAdvance(label) + 6, inner.width() * 0.55)
-        painter.drawText(QRectF(inner.x(), inner.y(), label_w, inner.height()), left,
-                         _FM_ROW.elidedText(label, Qt.TextElideMode.ElideRight, label_w))
-        vr = QRectF(inner.x() + label_w, inner.y(), inner.width() - label_w, inner.height())
-        painter.setPen(text)
-        if kind == "bool":
-            on = bool(value)
-            sw = QRectF(vr.right() - 26, vr.center().y() - 7, 26, 14)
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(theme.ACCENT if on else QColor("#45484f"))
-            painter.drawRoundedRect(sw, 7, 7)
-            painter.setBrush(QColor("#f0f0f0"))
-            painter.drawEllipse(QPointF(sw.right() - 7 if on else sw.left() + 7,
-                                        sw.center().y()), 5, 5)
-        elif kind == "choice":
-            painter.drawText(vr.adjusted(0, 0, -12, 0), right, _FM_ROW.elidedText(
-                fields.fmt(inp, value), Qt.TextElideMode.ElideLeft, vr.width() - 12))
-            painter.setPen(dim)
-            painter.drawText(QRectF(vr.right() - 9, vr.y(), 10, vr.height()),
-                             Qt.AlignmentFlag.AlignCenter, "▾")
-        elif kind in ("file", "folder", "image", "mask"):
-            buttons = 2 if kind == "mask" else 1
-            vr2 = vr.adjusted(0, 0, -18 * buttons, 0)
-            shown = fields.short_path(str(value or ""), 40) or "(none)"
-            painter.setPen(text if value else dim)
-            painter.drawText(vr2, right, _FM_ROW.elidedText(shown, Qt.TextElideMode.ElideLeft,
-                                                             vr2.width()))
-            painter.setPen(dim)
-            painter.drawText(QRectF(vr.right() - 16, vr.y(), 16, vr.height()),
-                             Qt.AlignmentFlag.AlignCenter, "…")
-            if kind == "mask":
-                painter.drawText(QRectF(vr.right() - 34, vr.y(), 16, vr.height()),
-                                 Qt.AlignmentFlag.AlignCenter, "✎")
-        elif kind == "seed":
-            painter.drawText(vr, right, fields.fmt(inp, value))
-            rand = bool((self.node.ui.get("randomize") or {}).get(inp.name)) if self.node else False
-            dice = QRectF(rect.right() - 38, rect.y() + 2, 18, rect.height() - 4)
-            tog = QRectF(rect.right() - 19, rect.y() + 2, 17, rect.height() - 4)
-            painter.setPen(dim)
-            painter.drawText(dice, Qt.AlignmentFlag.AlignCenter, "⚄")
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(theme.ACCENT if rand else QColor("#45484f"))
-            painter.drawRoundedRect(tog.adjusted(2, 3, -2, -3), 3, 3)
-            painter.setPen(QColor("#ffffff") if rand else dim)
-            painter.setFont(_F_SMALL)
-            painter.drawText(tog, Qt.AlignmentFlag.AlignCenter, "R")
-            painter.setFont(_F_ROW)
-        else:
-            painter.drawText(vr, right, _FM_ROW.elidedText(fields.fmt(inp, value),
-                                                           Qt.TextElideMode.ElideLeft, vr.width()))
+        painter.save()
+        if w.name in ignored:
+            painter.setOpacity(painter.opacity() * 0.35)
+        try:
+            w.paint(painter, rect, self._hover_row is row, self._input_error(w.name))
+        finally:
+            painter.restore()
 
     def _paint_image(self, painter: QPainter, row: Row) -> None:
-        img = self.preview if self.state == "running" and self.preview is not None \
-            else (self.images[0] if self.images else None)
+        img = self.shown_image()
         if img is None:
             return
         box = QRectF(PAD, row.y, self.width - 2 * PAD, row.h)
@@ -667,15 +668,20 @@ class NodeItem(QGraphicsItem):
         painter.setPen(theme.TEXT)
         inner = box.adjusted(6, 3, -6, -3)
         painter.drawText(inner, Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap,
-                         _clip_lines(self.text_result or "", inner))
+                         clip_lines(self.text_result or "", inner))
 
     # run state -----------------------------------------------------------------------------
     def set_run_state(self, state: str | None, elapsed: float | None = None,
                       error: str | None = None, error_input: str | None = None) -> None:
+        """queued, running, cached, done, error, blocked (an input it needs failed), not run
+        (cancelled before it started), cancelled; None clears the last run's marks."""
         self.state, self.elapsed = state, elapsed
         self.error, self.error_input = error, error_input
         if state != "running":
             self.progress = None
+            self.run_since = None
+        else:
+            self.run_since = time.monotonic()
         if state == "queued":
             self.preview = None
         self._refresh_tooltip()
@@ -703,12 +709,18 @@ class NodeItem(QGraphicsItem):
             self.update()
 
     def _refresh_tooltip(self) -> None:
-        parts = [f"<b>{self.title}</b> <span style='color:#8b8f96'>{self.node_id} · "
+        parts = [f"<b>{_esc(self.title)}</b> <span style='color:#8b8f96'>{self.node_id} · "
                  f"{self.type_id}</span>"]
         if self.spec and self.spec.description:
-            parts.append(self.spec.description.split("\n\n")[0])
-        if self.error:
+            parts.append(_esc(self.spec.description.split("\n\n")[0]))
+        if self.mode == "bypass":
+            parts.append("<i>Bypassed: its input goes straight to its output (Ctrl+B)</i>")
+        elif self.mode == "mute":
+            parts.append("<i>Muted: it does not run, nor what needs it (Ctrl+M)</i>")
+        if self.state == "error" and self.error:
             parts.append(f"<span style='color:#ef5350'><b>Error:</b> {_esc(self.error)}</span>")
+        elif self.state == "blocked":
+            parts.append(f"<span style='color:#9aa0a8'>{_esc(self.error or 'blocked')}</span>")
         if self.problem:
             parts.append(f"<span style='color:#e0b050'>{_esc(self.problem)}</span>")
         self._ignored_shown = self.ignored()
@@ -727,28 +739,10 @@ class NodeItem(QGraphicsItem):
         return None
 
     def zone_at(self, row: Row, pos: QPointF) -> str:
-        kind = fields.kind_of(row.input)
-        rect = self.field_rect(row)
-        x = pos.x()
-        if kind == "seed":
-            if x >= rect.right() - 19:
-                return "rand"
-            if x >= rect.right() - 38:
-                return "dice"
-            if x < rect.x() + 14:
-                return "dec"
-            if x > rect.right() - 52:
-                return "inc"
-        if kind == "number":
-            if x < rect.x() + 14:
-                return "dec"
-            if x > rect.right() - 14:
-                return "inc"
-        if kind in ("file", "folder", "image", "mask") and x > rect.right() - 26:
-            return "browse"
-        if kind == "mask" and x > rect.right() - 44:
-            return "paint"
-        return "body"
+        return row.field.zone_at(self.field_rect(row), pos) if row.field else "body"
+
+    def _editable(self, row: Row | None) -> bool:
+        return row is not None and row.kind == "field" and not self.linked(row.input.name)
 
     def hoverMoveEvent(self, event: QGraphicsSceneHoverEvent) -> None:  # noqa: N802
         row = self.row_at(event.pos())
@@ -756,17 +750,8 @@ class NodeItem(QGraphicsItem):
             row = None
         if row is not self._hover_row:
             self._hover_row = row
-            if row is not None and row.input is not None:
-                inp = row.input
-                desc = inp.description or fields.label_of(inp)
-                extra = []
-                if inp.min is not None or inp.max is not None:
-                    extra.append(f"range {inp.min} … {inp.max}")
-                if fields.kind_of(inp) in ("number", "slider", "seed"):
-                    extra.append("drag to scrub · click to type")
-                self.setToolTip(f"<b>{inp.name}</b> ({inp.type})<br>{_esc(desc)}"
-                                + (f"<br><span style='color:#8b8f96'>{'; '.join(extra)}</span>"
-                                   if extra else ""))
+            if row is not None:
+                self.setToolTip(row.field.tooltip())
             else:
                 self._refresh_tooltip()
             self.update()
@@ -778,6 +763,7 @@ class NodeItem(QGraphicsItem):
     def hoverLeaveEvent(self, event: QGraphicsSceneHoverEvent) -> None:  # noqa: N802
         if self._hover_row is not None:
             self._hover_row = None
+            self._refresh_tooltip()
             self.update()
 
     def _in_grip(self, pos: QPointF) -> bool:
@@ -794,14 +780,13 @@ class NodeItem(QGraphicsItem):
             event.accept()
             return
         row = self.row_at(pos)
-        if row is not None and row.kind == "field" and not self.linked(row.input.name):
-            zone = self.zone_at(row, pos)
+        if self._editable(row):
+            rect = self.field_rect(row)
+            zone = row.field.zone_at(rect, pos)
+            token = ("scrub", self.node_id, next(_press_tokens))
             self._press = {"row": row, "zone": zone, "x": event.scenePos().x(),
-                           "value": self.value(row.input.name), "moved": False,
-                           "token": ("scrub", self.node_id, next(_press_tokens))}
-            kind = fields.kind_of(row.input)
-            if kind == "slider":
-                self._slide_to(row, pos)
+                           "value": self.value(row.input.name), "moved": False, "token": token}
+            row.field.press(zone, pos, rect, token)
             event.accept()
             return
         self._press = None
@@ -817,18 +802,13 @@ class NodeItem(QGraphicsItem):
         if press is None or "row" not in press:
             super().mouseMoveEvent(event)
             return
-        row, inp = press["row"], press["row"].input
-        kind = fields.kind_of(inp)
-        if kind == "slider":
+        row = press["row"]
+        dx = event.scenePos().x() - press["x"]
+        if not press["moved"] and abs(dx) <= DRAG_SLOP and row.field.kind != "slider":
+            return
+        if row.field.drag(press["zone"], event.pos(), self.field_rect(row), dx,
+                          press["value"], press["token"]):
             press["moved"] = True
-            self._slide_to(row, event.pos())
-        elif kind in ("number", "seed") and press["zone"] in ("body", "dec", "inc"):
-            dx = event.scenePos().x() - press["x"]
-            if abs(dx) > 3 or press["moved"]:
-                press["moved"] = True
-                px = 4.0 if inp.type == "FLOAT" else 6.0
-                value = fields.nudge(inp, press["value"], round(dx / px))
-                self.ctl.set_value(self.node_id, inp.name, value, merge_key=press["token"])
 
     def mouseReleaseEvent(self, event: QGraphicsSceneMouseEvent) -> None:  # noqa: N802
         press, self._press = self._press, None
@@ -841,47 +821,13 @@ class NodeItem(QGraphicsItem):
         if press is None or "row" not in press:
             super().mouseReleaseEvent(event)
             return
-        row, zone = press["row"], press["zone"]
-        inp = row.input
-        kind = fields.kind_of(inp)
-        if press["moved"]:
-            return
-        value = self.value(inp.name)
-        if zone in ("dec", "inc"):
-            self.ctl.set_value(self.node_id, inp.name,
-                               fields.nudge(inp, value, -1 if zone == "dec" else 1))
-        elif zone == "dice":
-            self.ctl.randomize_seed(self.node_id, inp.name)
-        elif zone == "rand":
-            self.ctl.toggle_randomize(self.node_id, inp.name)
-        elif zone == "browse":
-            self.ctl.browse_path(self.node_id, inp, kind)
-        elif zone == "paint":
-            self.ctl.edit_mask(self.node_id, inp)
-        elif kind == "bool":
-            self.ctl.set_value(self.node_id, inp.name, not bool(value))
-        elif kind == "choice":
-            self.ctl.choose(self.node_id, inp, event.screenPos())
-        elif kind == "slider":
-            pass
-        else:
-            self.open_editor(inp.name)
-
-    def _slide_to(self, row: Row, pos: QPointF) -> None:
-        inp = row.input
-        rect = self.field_rect(row)
-        frac = max(0.0, min(1.0, (pos.x() - rect.x()) / rect.width()))
-        value = inp.min + frac * (inp.max - inp.min)
-        step = fields.step_of(inp)
-        value = round(round(value / step) * step, 6)
-        self.ctl.set_value(self.node_id, inp.name, fields.clamp(inp, value),
-                           merge_key=self._press["token"] if self._press else None)
+        if not press["moved"]:
+            press["row"].field.click(press["zone"], event.screenPos())
 
     def mouseDoubleClickEvent(self, event: QGraphicsSceneMouseEvent) -> None:  # noqa: N802
         row = self.row_at(event.pos())
-        if row is not None and row.kind == "field" and not self.linked(row.input.name):
-            if fields.kind_of(row.input) == "slider":
-                self.open_editor(row.input.name)
+        if self._editable(row):
+            row.field.double_click(self.zone_at(row, event.pos()))
             return
         if event.pos().y() < TITLE_H:
             self.ctl.toggle_collapsed([self.node_id])
@@ -891,23 +837,32 @@ class NodeItem(QGraphicsItem):
             return
         super().mouseDoubleClickEvent(event)
 
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:  # noqa: N802
+        row = self.row_at(event.pos())
+        field = row.field if self._editable(row) else None
+        if not self.isSelected():
+            self.ctl.clearSelection()
+            self.setSelected(True)
+        self.ctl.node_menu(self, event.screenPos(), field)
+        event.accept()
+
     # inline editor -------------------------------------------------------------------------
     def open_editor(self, name: str) -> QWidget | None:
         """Edit one field with a real widget on top of it; Enter/focus-out commits, Esc
         cancels. Returns the widget (tests type into it)."""
         self.close_editor()
-        row = next((r for r in self.rows if r.kind == "field" and r.input.name == name), None)
-        if row is None:
+        row = self.field_row(name)
+        if row is None or self.linked(name):
             return None
-        inp = row.input
+        field = row.field
+        inp = field.inp
         value = self.value(name)
         rect = self.field_rect(row)
-        multiline = fields.kind_of(inp) == "multiline"
+        multiline = field.multiline()
         if multiline:
-            w: QWidget = _TextEditor(str(value or ""))
+            w: QWidget = _TextEditor(field.editor_text())
         else:
-            w = _LineEditor("" if value is None else (str(value) if inp.type == "STRING"
-                                                      else fields.fmt(inp, value)))
+            w = _LineEditor(field.editor_text())
             w.selectAll()
         w.setStyleSheet("background:#15161a; border:1px solid #4f9cf9; border-radius:4px;"
                         "color:#e8e9ec; font-size:9pt;")
@@ -952,15 +907,24 @@ class NodeItem(QGraphicsItem):
         return self._editor.widget() if self._editor is not None else None
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2f}s" if seconds < 60 else f"{seconds / 60:.1f}m"
+
+
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
         "\n", "<br>")
 
 
-def _clip_lines(text: str, box: QRectF) -> str:
-    lines = max(1, int(box.height() // _FM_ROW.lineSpacing()))
-    approx = int(box.width() / max(_FM_ROW.averageCharWidth(), 1)) * lines
-    return text if len(text) <= approx else text[:max(approx - 1, 1)] + "…"
+def _claims_escape(widget: QWidget, event) -> bool:
+    """Escape belongs to an open editor (it cancels the edit), not to the window's
+    Escape shortcut (which cancels a run)."""
+    from PySide6.QtCore import QEvent
+
+    if event.type() == QEvent.Type.ShortcutOverride and event.key() == Qt.Key.Key_Escape:
+        event.accept()
+        return True
+    return False
 
 
 class _LineEditor(QLineEdit):
@@ -970,6 +934,9 @@ class _LineEditor(QLineEdit):
     def __init__(self, text: str):
         super().__init__(text)
         self.returnPressed.connect(lambda: self.committed.emit(self.text()))
+
+    def event(self, event) -> bool:  # noqa: D102
+        return _claims_escape(self, event) or super().event(event)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         if event.key() == Qt.Key.Key_Escape:
@@ -990,6 +957,9 @@ class _TextEditor(QPlainTextEdit):
         super().__init__(text)
         self.setTabChangesFocus(True)
         self.moveCursor(self.textCursor().MoveOperation.End)
+
+    def event(self, event) -> bool:  # noqa: D102
+        return _claims_escape(self, event) or super().event(event)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         if event.key() == Qt.Key.Key_Escape:

@@ -1,6 +1,8 @@
 """The mask editor: paint (left button) and erase (right button, or Erase mode) a mask over a
 reference image, with an adjustable brush, Clear and Invert. Saved as a greyscale PNG (white =
-repaint) beside the workflow, and the node's input is set to it (one undo step)."""
+repaint) in a `masks` folder beside the user's workflow, or in the user's data folder for an
+untitled workflow or a copy of a bundled one (Loom's own files are never written), and the
+node's input is set to it (one undo step)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from editor.places import is_shipped, masks_dir, refuse_shipped
+from engine.errors import LoomError
 from engine.paths import resolve_path
 
 DEFAULT_SIZE = 512
@@ -129,19 +133,21 @@ def _as_alpha(mask: QImage) -> QImage:
 
 
 class MaskEditor(QDialog):
-    def __init__(self, parent: QWidget | None, scene, node_id: str, input: str):
+    def __init__(self, parent: QWidget | None, scene, node_id: str, input: str,
+                 reference: QImage | None = None):
         super().__init__(parent)
         self.setWindowTitle(f"Mask — {node_id}.{input}")
         self.scene = scene
         self.node_id, self.input = node_id, input
         doc = scene.doc
-        self.base_dir = doc.path.parent if doc.path else Path.cwd()
+        self.base_dir = doc.base_dir()
         opts = {"base_dir": str(self.base_dir)}
         value = doc.graph.nodes[node_id].values.get(input) or ""
         mask = QImage()
         if value:
             mask = QImage(str(resolve_path(value, opts)))
-        base = self._find_reference(opts)
+        base = reference if reference is not None and not reference.isNull() \
+            else self._find_reference(opts)
         if mask.isNull():
             size = base.size() if base is not None else None
             mask = QImage(size.width() if size else DEFAULT_SIZE,
@@ -186,7 +192,9 @@ class MaskEditor(QDialog):
         lay.addLayout(bar)
         lay.addWidget(self.canvas, 1)
         lay.addLayout(bottom)
-        self.resize(760, 720)
+        from editor.panels import fit_on_screen
+
+        self.resize(*fit_on_screen(self, 760, 720))
 
     def _find_reference(self, opts: dict) -> QImage | None:
         """An image to paint over: the first image file another node of the graph loads."""
@@ -212,27 +220,41 @@ class MaskEditor(QDialog):
                 self.canvas.update()
 
     def mask_path(self) -> Path:
-        stem = Path(self.scene.doc.path).stem if self.scene.doc.path else "untitled"
-        return self.base_dir / "masks" / f"{stem}_{self.node_id}_{self.input}.png"
+        """Beside the user's own workflow (masks/<workflow>_<node>_<input>.png), replaced on
+        each save. Without one (untitled, or a copy of a bundled workflow) the mask goes to
+        the user's data folder under a new number each time (see save)."""
+        doc = self.scene.doc
+        if doc.path is not None and not is_shipped(doc.path):
+            return doc.path.parent / "masks" / f"{doc.path.stem}_{self.node_id}_{self.input}.png"
+        return masks_dir() / f"{self._stem()}_{self.node_id}_{self.input}.png"
+
+    def _stem(self) -> str:
+        source = self.scene.doc.source
+        return source.stem if source is not None else "untitled"
 
     def save(self) -> Path:
         from editor.document import image_bytes
-        from engine.files import write_atomic
+        from engine.files import write_atomic, write_numbered
 
         path = self.mask_path()
+        refuse_shipped(path, "the mask")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             data = image_bytes(self.canvas.mask, "PNG")
         except ValueError as exc:
             raise OSError(f"could not write {path}: {exc}") from None
-        write_atomic(path, data)  # complete or not at all; a symlink's target is replaced
+        if path.parent == masks_dir():
+            # shared by every untitled workflow: never replace another one's mask
+            path = Path(write_numbered(path.parent, path.stem, ".png", data))
+        else:
+            write_atomic(path, data)  # complete or not at all; a symlink's target is replaced
         self.scene.set_value(self.node_id, self.input, self.scene.portable_path(str(path)))
         return path
 
     def save_and_close(self) -> None:
         try:
             self.save()
-        except OSError as exc:
+        except (OSError, LoomError) as exc:
             self.scene.flash(f"Mask not saved: {exc}")
             return
         self.accept()

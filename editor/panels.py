@@ -9,11 +9,14 @@ from pathlib import Path
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPen, QWheelEvent
 from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -21,6 +24,10 @@ from PySide6.QtWidgets import (
 
 from editor import theme
 from engine.errors import Problem
+
+
+NO_PREVIOUS = ("Nothing to compare yet: Compare shows this image beside the previous run's. "
+               "Change something and run again.")
 
 
 @dataclass
@@ -39,6 +46,8 @@ class ImageCanvas(QWidget):
         self.current: QImage | None = None
         self.previous: QImage | None = None
         self.compare = False
+        self.note = ""
+        """A line shown over the image (why Compare cannot compare yet)."""
         self.split = 0.5
         self.zoom = 0.0  # 0 = fit
         self.offset = QPointF(0, 0)
@@ -76,6 +85,12 @@ class ImageCanvas(QWidget):
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self._scale() < 2)
         r = self.image_rect()
         p.drawImage(r, self.current)
+        if self.note:
+            box = QRectF(8, self.height() - 54, self.width() - 16, 46)
+            p.fillRect(box, QColor(20, 21, 24, 220))
+            p.setPen(theme.TEXT)
+            p.drawText(box.adjusted(8, 4, -8, -4), Qt.AlignmentFlag.AlignCenter
+                       | Qt.TextFlag.TextWordWrap, self.note)
         if self.compare and self.previous is not None:
             x = self.width() * self.split
             p.save()
@@ -134,6 +149,9 @@ class ImageCanvas(QWidget):
 class ImageViewer(QWidget):
     """The viewer panel: the latest images of a run, the previous ones for comparison."""
 
+    edit_mask_requested = Signal()
+    """"Edit mask…": paint the graph's mask over the image shown."""
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.shown: list[Shown] = []
@@ -160,6 +178,8 @@ class ImageViewer(QWidget):
         button("1:1", "Actual size", self.canvas.actual_size)
         self.compare_button = button("Compare", "Compare with the previous run (drag the split)",
                                      self.set_compare, checkable=True)
+        self.mask_button = button("Edit mask…", "Paint the workflow's mask over this image",
+                                  self.edit_mask_requested.emit)
         self.save_button = button("Save as…", "Save the image", self.save_as_dialog)
         bar.addStretch(1)
         lay = QVBoxLayout(self)
@@ -180,6 +200,16 @@ class ImageViewer(QWidget):
         self._refresh()
 
     def set_compare(self, on: bool) -> None:
+        if on and self.canvas.previous is None:
+            # nothing to compare with yet: say why instead of doing nothing
+            self.compare_button.blockSignals(True)
+            self.compare_button.setChecked(False)
+            self.compare_button.blockSignals(False)
+            self.canvas.note = NO_PREVIOUS
+            self.canvas.compare = False
+            self.canvas.update()
+            return
+        self.canvas.note = ""
         self.canvas.compare = on
         self.canvas.update()
 
@@ -200,7 +230,14 @@ class ImageViewer(QWidget):
         self.prev_button.setEnabled(many)
         self.next_button.setEnabled(many)
         self.save_button.setEnabled(cur is not None)
-        self.compare_button.setEnabled(prev is not None)
+        self.mask_button.setEnabled(cur is not None)
+        self.compare_button.setEnabled(cur is not None)
+        self.compare_button.setToolTip(
+            "Compare with the previous run (drag the split)" if prev is not None else
+            "Compare shows this image beside the previous run's: change something and run "
+            "again to have two")
+        if prev is not None:
+            self.canvas.note = ""
         if cur is not None:
             n = f" ({self.index + 1}/{len(self.shown)})" if many else ""
             self.caption.setText(f"  {cur.caption}{n} — {cur.image.width()}×"
@@ -246,9 +283,12 @@ class ProblemsPanel(QListWidget):
     """Problems to fix before a run and errors from the last run; a click selects the node."""
 
     node_clicked = Signal(str)
+    count_changed = Signal(int)
+    """How many problems the list shows (its dock's title says it)."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self._count = 0
         self.validation: list[Problem] = []
         self.errors: dict[str, str] = {}
         self.itemClicked.connect(self._clicked)
@@ -275,6 +315,8 @@ class ProblemsPanel(QListWidget):
             self._add(f"✖  {nid}: {msg}", nid, theme.STATUS_COLORS["error"])
         for p in self.validation:
             self._add(f"▲  {p}", p.node_id, QColor("#e0b050"))
+        self._count = self.count()
+        self.count_changed.emit(self._count)
         if self.count() == 0:
             item = QListWidgetItem("No problems")
             item.setForeground(theme.TEXT_DIM)
@@ -289,9 +331,74 @@ class ProblemsPanel(QListWidget):
         self.addItem(item)
 
     def problem_count(self) -> int:
-        return len(self.validation) + len(self.errors)
+        """The number of problems listed (the "No problems" line is not one)."""
+        return self._count
 
     def _clicked(self, item: QListWidgetItem) -> None:
         nid = item.data(Qt.ItemDataRole.UserRole)
         if nid:
             self.node_clicked.emit(nid)
+
+
+class InfoDialog(QDialog):
+    """A non-modal page of rich text (Help > Keyboard Shortcuts, About, a node's help) that fits
+    on the screen."""
+
+    def __init__(self, parent: QWidget | None, title: str, html: str):
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.browser = QTextBrowser()
+        self.browser.setOpenExternalLinks(True)
+        self.browser.setHtml(html)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.close)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.browser, 1)
+        lay.addWidget(buttons)
+        self.resize(*fit_on_screen(self, 560, 620))
+
+    def text(self) -> str:
+        return self.browser.toPlainText()
+
+
+def fit_on_screen(widget: QWidget, w: int, h: int) -> tuple[int, int]:
+    """(w, h) shrunk to the screen `widget` is on (90 % of its available area at most)."""
+    screen = widget.screen() or (widget.parentWidget().screen()
+                                 if widget.parentWidget() else None)
+    if screen is None:
+        return w, h
+    area = screen.availableGeometry()
+    return min(w, int(area.width() * 0.9)), min(h, int(area.height() * 0.9))
+
+
+def node_help_html(spec) -> str:
+    """A node type's help page: what it does, each input (type, default, range, what it is
+    for) and each output."""
+    def esc(t: object) -> str:
+        return str(t).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    rows = []
+    for inp in spec.inputs.values():
+        facts = [esc(inp.type)]
+        if inp.has_default and inp.default not in ("", None):
+            facts.append(f"default {esc(inp.default)}")
+        if inp.min is not None or inp.max is not None:
+            facts.append(f"{esc(inp.min)} … {esc(inp.max)}")
+        if inp.choices:
+            facts.append("one of " + ", ".join(esc(c) for c in inp.choices))
+        if inp.optional:
+            facts.append("optional")
+        elif inp.connection_only:
+            facts.append("must be connected")
+        rows.append(f"<tr><td><b>{esc(inp.label or inp.name)}</b></td>"
+                    f"<td>{esc(inp.description)}<br><span style='color:#8b8f96'>"
+                    f"{' · '.join(facts)}</span></td></tr>")
+    outs = "".join(f"<tr><td><b>{esc(o.name)}</b></td><td>{esc(o.description)}<br>"
+                   f"<span style='color:#8b8f96'>{esc(o.type)}</span></td></tr>"
+                   for o in spec.outputs)
+    desc = "".join(f"<p>{esc(p)}</p>" for p in spec.description.split("\n\n") if p.strip())
+    return (f"<h3>{esc(spec.title)}</h3><p style='color:#8b8f96'>{esc(spec.type_id)} · "
+            f"version {esc(spec.version)} · {esc(spec.category)}</p>{desc}"
+            f"<h4>Inputs</h4><table cellpadding=3>{''.join(rows) or '<tr><td>none</td></tr>'}"
+            f"</table><h4>Outputs</h4><table cellpadding=3>{outs or '<tr><td>none</td></tr>'}"
+            "</table>")

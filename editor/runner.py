@@ -37,10 +37,14 @@ class RunController(QObject):
         return self.handle is not None and not self.handle.done()
 
     def run(self, graph: Graph, output_dir: str | Path,
-            outputs: list[str] | None = None) -> RunHandle:
-        """Validate and submit (raises ValidationError / LoomError before anything runs)."""
+            outputs: list[str] | None = None, run_graph: Graph | None = None) -> RunHandle:
+        """Validate and submit (raises ValidationError / LoomError before anything runs).
+        `run_graph` (bypassed and muted nodes applied, editor.modes) is what runs; `graph`
+        is what the written PNGs carry."""
         options = self.session.options(graph, output_dir, self.device)
-        self.handle = self.session.executor.submit(graph, outputs, options, self._relay.emit)
+        self.handle = self.session.executor.submit(run_graph if run_graph is not None
+                                                   else graph, outputs, options,
+                                                   self._relay.emit)
         self.busy_changed.emit(True)
         self._awaiting = self._start_watch(self.handle)
         return self.handle

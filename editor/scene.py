@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPen
+from PySide6.QtGui import QAction, QColor, QIcon, QPen, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QGraphicsPathItem,
     QGraphicsScene,
+    QGraphicsSceneContextMenuEvent,
     QGraphicsSceneMouseEvent,
     QInputDialog,
     QMenu,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from editor import commands, fields, theme
 from editor.document import Document
+from editor.items import DEFAULT_W as DEFAULT_NODE_W
 from editor.items import EdgeItem, GroupItem, NodeItem, SocketItem, snap, wire_path
 from engine.errors import LoomError, Problem
 from engine.graph import Graph, GraphEvent
@@ -34,6 +36,7 @@ from engine.workflow import graph_to_document, read_fragment, unknown_types
 
 CLIPBOARD_MIME = "application/x-loom-workflow"
 SCENE_EXTENT = 100_000.0
+DUPLICATE_GAP = 40.0
 
 
 class GraphScene(QGraphicsScene):
@@ -42,6 +45,7 @@ class GraphScene(QGraphicsScene):
     """(scene pos, screen pos, wire origin or None): open the node search there."""
     mask_requested = Signal(str, str)
     viewer_requested = Signal(str)
+    help_requested = Signal(str)
     structure_changed = Signal()
     """Nodes, edges or values changed (the problems list is re-checked on this)."""
 
@@ -60,6 +64,8 @@ class GraphScene(QGraphicsScene):
         self._lifted: tuple[str, str] | None = None  # (dst, input) of a link picked up
         self._press_state: tuple[dict[str, QPointF], list[dict]] | None = None
         self.snap_to_grid = False
+        self.actions: dict[str, QAction] = {}
+        """The window's actions the context menus share (so they show their shortcuts)."""
         doc.graph_replaced.connect(self.rebuild)
         doc.groups_changed.connect(self.rebuild_groups)
         self.rebuild()
@@ -353,9 +359,11 @@ class GraphScene(QGraphicsScene):
         if text is None:
             return []
         items = [self.node_items[n] for n in self.selected_node_ids()]
-        x0 = min(i.x() for i in items)
         y0 = min(i.y() for i in items)
-        return self.paste_text(text, QPointF(x0 + 30, y0 + 30), verb="Duplicated")
+        right = max(i.x() + i.width for i in items)
+        # beside the originals, clear of them (a copy 30 px off hides what it copied)
+        return self.paste_text(text, QPointF(right + DUPLICATE_GAP, y0),
+                               verb="Duplicated")
 
     def toggle_collapsed(self, ids: list[str]) -> None:
         if not ids:
@@ -374,6 +382,101 @@ class GraphScene(QGraphicsScene):
         cmd = commands.SetNodeUi(self.graph, {node_id: {"size": [round(new, 1), round(h, 1)]}},
                                  "Resize")
         self.push(cmd)
+
+    def rename_node(self, node_id: str, title: str | None = None) -> bool:
+        """Give a node its own title (shown instead of its type's; empty: the type's again)."""
+        item = self.node_items.get(node_id)
+        if item is None:
+            return False
+        if title is None:
+            title, ok = QInputDialog.getText(self._parent_widget(), "Rename node",
+                                             f"Title of {node_id}:", text=item.title)
+            if not ok:
+                return False
+        title = title.strip()
+        spec_title = item.spec.title if item.spec else item.type_id
+        new = title if title and title != spec_title else None
+        if new == self.graph.nodes[node_id].ui.get("title"):
+            return False
+        self.push(commands.SetNodeUi(self.graph, {node_id: {"title": new}},
+                                     f"Rename {node_id}"))
+        return True
+
+    def rename_selected(self) -> None:
+        ids = self.selected_node_ids()
+        if ids:
+            self.rename_node(ids[0])
+
+    MODES = {"bypass": ("Bypass", "Un-bypass"), "mute": ("Mute", "Unmute")}
+
+    def toggle_mode(self, ids: list[str], mode: str) -> None:
+        """Bypass (the node's input goes through to its output) or mute (the node and what
+        needs it do not run) the nodes `ids`, or turn that off when all of them have it."""
+        ids = [n for n in ids if n in self.graph.nodes]
+        if not ids:
+            self.message.emit(f"{self.MODES[mode][0]}: select a node first")
+            return
+        off = all(self.graph.nodes[n].ui.get("mode") == mode for n in ids)
+        verb = self.MODES[mode][1 if off else 0]
+        self.push(commands.SetNodeUi(self.graph, {n: {"mode": None if off else mode}
+                                                  for n in ids},
+                                     f"{verb} {ids[0] if len(ids) == 1 else f'{len(ids)} nodes'}"))
+
+    # masks ---------------------------------------------------------------------------------
+    def _inputs_with_widget(self, node_id: str | None, widget: str) -> list[str]:
+        node = self.graph.nodes.get(node_id) if node_id else None
+        spec = self.registry.get(node.type) if node is not None else None
+        if spec is None:
+            return []
+        return [name for name, inp in spec.inputs.items()
+                if fields.kind_of(inp) == widget and not self.graph.link(node_id, name)]
+
+    def mask_capable(self, node_id: str) -> bool:
+        """A node "Edit mask…" applies to: one that loads a mask or an image from a file."""
+        return bool(self._inputs_with_widget(node_id, "mask")
+                    or self._inputs_with_widget(node_id, "image"))
+
+    def mask_target(self, node_id: str | None) -> tuple[str, str, Any] | None:
+        """(mask node, its input, reference image or None) that "Edit mask…" on `node_id`
+        paints: a Load Mask node its own mask; a Load Image node (or the viewer, `node_id`
+        None) the graph's Load Mask node, preferring one that feeds the same node, over the
+        image; a Load Mask node is added beside it when the graph has none."""
+        own = self._inputs_with_widget(node_id, "mask")
+        if own:
+            return node_id, own[0], None
+        reference = None
+        images = self._inputs_with_widget(node_id, "image")
+        if images:
+            from PySide6.QtGui import QImage
+
+            from engine.paths import resolve_path
+
+            value = self.graph.nodes[node_id].values.get(images[0])
+            if value:
+                img = QImage(str(resolve_path(value, {"base_dir": str(self.doc.base_dir())})))
+                reference = None if img.isNull() else img
+        masks = [n for n in self.graph.nodes if self._inputs_with_widget(n, "mask")]
+        if masks:
+            feeds = {d for (d, _), link in self.graph.links.items() if link.node == node_id}
+
+            def shares(n: str) -> bool:
+                return any(link.node == n and d in feeds
+                           for (d, _), link in self.graph.links.items())
+            best = next((n for n in masks if shares(n)), masks[0])
+            return best, self._inputs_with_widget(best, "mask")[0], reference
+        if self.registry.get("image.load_mask") is None:
+            self.message.emit("Edit mask: add a node that loads a mask first")
+            return None
+        item = self.node_items.get(node_id) if node_id else None
+        if item is not None:
+            pos = QPointF(item.x(), item.y() + item.height + 40)
+        else:
+            view = self._parent_widget()
+            pos = view.mapToScene(view.viewport().rect().center()) if view else QPointF()
+        new = self.add_node("image.load_mask", pos)
+        self.message.emit(f"Added a Load Mask node ({new}) for the mask: connect its mask "
+                          "where it is needed")
+        return new, self._inputs_with_widget(new, "mask")[0], reference
 
     # groups --------------------------------------------------------------------------------
     def group_selected(self, title: str = "Group") -> None:
@@ -451,7 +554,7 @@ class GraphScene(QGraphicsScene):
 
     def browse_path(self, node_id: str, inp: Input, kind: str) -> None:
         parent = self._parent_widget()
-        start = str(self.doc.path.parent) if self.doc.path else str(PROJECT_ROOT)
+        start = str(self.doc.base_dir() if self.doc.source else PROJECT_ROOT)
         if kind == "folder":
             chosen = QFileDialog.getExistingDirectory(parent, f"Choose {inp.name}", start)
         else:
@@ -647,6 +750,127 @@ class GraphScene(QGraphicsScene):
                                           self.doc.groups_changed.emit))
         self.doc.undo.endMacro()
 
+    # context menus ---------------------------------------------------------------------------
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:  # noqa: N802
+        event.ignore()
+        super().contextMenuEvent(event)  # a node or a wire under the mouse takes it
+        if not event.isAccepted():
+            self.canvas_menu(event.scenePos(), event.screenPos())
+            event.accept()
+
+    def _menu(self) -> QMenu:
+        return QMenu(self._parent_widget())
+
+    def _add_shared(self, menu: QMenu, *keys: str) -> None:
+        for key in keys:
+            if key is None:
+                menu.addSeparator()
+            elif key in self.actions:
+                menu.addAction(self.actions[key])
+
+    def build_node_menu(self, item: NodeItem, field: Any = None) -> QMenu:
+        """The node's menu: its field's actions (when right-clicked on one), then rename,
+        duplicate, delete, bypass, mute, collapse, colour, its image in the viewer or the mask
+        editor, help. Acts on the selection (the node is selected first)."""
+        menu = self._menu()
+        menu.setObjectName("nodeMenu")
+        head = menu.addAction(f"{item.title}  ·  {item.node_id}")
+        head.setEnabled(False)
+        if field is not None:
+            menu.addSeparator()
+            for a in field.actions():
+                act = menu.addAction(a.text)
+                if a.checked is not None:
+                    act.setCheckable(True)
+                    act.setChecked(a.checked)
+                act.triggered.connect(lambda _c=False, run=a.run: run())
+        menu.addSeparator()
+        self._add_shared(menu, "rename", "duplicate", "delete", None, "bypass", "mute",
+                         "collapse")
+        for key, mode in (("bypass", "bypass"), ("mute", "mute")):
+            act = self.actions.get(key)
+            if act is not None:
+                act.setCheckable(True)
+                act.setChecked(item.mode == mode)
+        colours = menu.addMenu("Colour")
+        ids = self.selected_node_ids() or [item.node_id]
+        for i, c in enumerate(theme.NODE_COLORS):
+            act = colours.addAction(_swatch(c), "Default" if i == 0 else c)
+            act.triggered.connect(lambda _c=False, c=c, i=i: self.set_color(ids, None if i == 0
+                                                                              else c))
+        menu.addSeparator()
+        if item.images:
+            menu.addAction("Show Image in Viewer").triggered.connect(
+                lambda: self.show_in_viewer(item.node_id))
+        if self.mask_capable(item.node_id):
+            self._add_shared(menu, "edit_mask")
+        menu.addSeparator()
+        menu.addAction(f"Help: {item.type_title}").triggered.connect(
+            lambda: self.help_requested.emit(item.node_id))
+        return menu
+
+    def node_menu(self, item: NodeItem, screen_pos: QPointF, field: Any = None) -> None:
+        self.build_node_menu(item, field).exec(screen_pos.toPoint())
+
+    def build_edge_menu(self, edge: EdgeItem, scene_pos: QPointF,
+                        screen_pos: QPointF | None = None) -> QMenu:
+        menu = self._menu()
+        menu.setObjectName("edgeMenu")
+        key = edge.key
+        src = edge.src
+        head = menu.addAction(f"{src.node.node_id}.{src.name} → {key[0]}.{key[1]}")
+        head.setEnabled(False)
+        menu.addSeparator()
+        menu.addAction("Insert Node…").triggered.connect(
+            lambda: self.search_requested.emit(scene_pos, screen_pos or QPointF(), edge))
+        menu.addAction("Delete Connection").triggered.connect(
+            lambda: self.disconnect_input(*key))
+        return menu
+
+    def edge_menu(self, edge: EdgeItem, scene_pos: QPointF, screen_pos: QPointF) -> None:
+        self.build_edge_menu(edge, scene_pos, screen_pos).exec(screen_pos.toPoint())
+
+    def build_canvas_menu(self, scene_pos: QPointF, screen_pos: QPointF | None = None) -> QMenu:
+        menu = self._menu()
+        menu.setObjectName("canvasMenu")
+        add = menu.addAction("Add Node…\tTab")
+        add.triggered.connect(lambda: self.search_requested.emit(scene_pos,
+                                                                 screen_pos or QPointF(), None))
+        self._add_shared(menu, "paste", None, "select_all", "fit", None, "group")
+        return menu
+
+    def canvas_menu(self, scene_pos: QPointF, screen_pos: QPointF) -> None:
+        self.build_canvas_menu(scene_pos, screen_pos).exec(screen_pos.toPoint())
+
+    def insert_node_on_edge(self, key: tuple[str, str], type_id: str, pos: QPointF) -> str | None:
+        """Put a new node of `type_id` into the wire that feeds `key` (dst, input): the wire's
+        source feeds the new node's first fitting input, the new node's first fitting output
+        feeds the old input (one undo step). None when it does not fit."""
+        link = self.graph.link(*key)
+        if link is None:
+            return None
+        spec = self.registry.get(type_id)
+        if spec is None:
+            return None
+        self.doc.undo.beginMacro(f"Insert {spec.title}")
+        try:
+            new = self.add_node(type_id, pos - QPointF(DEFAULT_NODE_W / 2, 20))
+            inp = next((n for n in spec.inputs
+                        if self.graph.can_connect(link.node, link.output, new, n) is None), None)
+            out = next((o.name for o in spec.outputs
+                        if self.graph.can_connect(new, o.name, *key) is None), None)
+            if inp is not None:
+                self.push(commands.Connect(self.graph, link.node, link.output, new, inp))
+            if out is not None:
+                self.push(commands.Connect(self.graph, new, out, *key))
+        finally:
+            self.doc.undo.endMacro()
+        if inp is None or out is None:
+            self.message.emit(f"Inserted {spec.title}, but it "
+                              f"{'takes' if inp is None else 'gives'} nothing that fits the "
+                              "wire: connect it by hand")
+        return new
+
     def mouseDoubleClickEvent(self, event: QGraphicsSceneMouseEvent) -> None:  # noqa: N802
         view = self._parent_widget()
         if view is not None and self.itemAt(event.scenePos(), view.transform()) is None:
@@ -659,6 +883,12 @@ class GraphScene(QGraphicsScene):
         for item in (*self.node_items.values(), *self.group_items):
             rect = rect.united(item.sceneBoundingRect())
         return rect
+
+
+def _swatch(color: str) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(color))
+    return QIcon(pix)
 
 
 class _NoSpec:

@@ -19,17 +19,25 @@ from engine.registry import Registry
 
 
 def matching_specs(registry: Registry, text: str, origin_type: str | None = None,
-                   origin_is_output: bool = True) -> list[NodeSpec]:
+                   origin_is_output: bool = True,
+                   through: tuple[str, str] | None = None) -> list[NodeSpec]:
     """Node types matching `text` (every word in title, id or category), and, for a dropped
-    wire, only those with a socket that accepts (or feeds) `origin_type`."""
+    wire, only those with a socket that accepts (or feeds) `origin_type`; to insert into a wire
+    (`through` = its source and target types), only those that take the one and give the
+    other."""
     words = text.lower().split()
     types = registry.types
     found = []
     for spec in registry:
-        hay = f"{spec.title} {spec.type_id} {spec.category} {spec.description}".lower()
+        hay = f"{spec.title} {spec.type_id} {spec.category} {spec.description} " \
+              f"{package_label(registry, spec.type_id)}".lower()
         if not all(w in hay for w in words):
             continue
-        if origin_type is not None:
+        if through is not None:
+            if not (any(types.compatible(through[0], i.type) for i in spec.inputs.values())
+                    and any(types.compatible(o.type, through[1]) for o in spec.outputs)):
+                continue
+        elif origin_type is not None:
             if origin_is_output:
                 ok = any(types.compatible(origin_type, i.type) for i in spec.inputs.values())
             else:
@@ -46,17 +54,26 @@ def matching_specs(registry: Registry, text: str, origin_type: str | None = None
     return sorted(found, key=rank)
 
 
+def package_label(registry: Registry, type_id: str) -> str:
+    """The package a node type comes from, as the search shows it ("loom-example-nodes 1.0.0");
+    "" when the registry does not say."""
+    info = registry.package_of(type_id) if hasattr(registry, "package_of") else None
+    return info.label() if info is not None else ""
+
+
 class NodeSearch(QFrame):
     """A frameless popup: type to filter, Enter or click to add."""
 
     picked = Signal(str)
 
     def __init__(self, registry: Registry, parent: QWidget | None = None,
-                 origin_type: str | None = None, origin_is_output: bool = True):
+                 origin_type: str | None = None, origin_is_output: bool = True,
+                 through: tuple[str, str] | None = None):
         super().__init__(parent, Qt.WindowType.Popup)
         self.registry = registry
         self.origin_type = origin_type
         self.origin_is_output = origin_is_output
+        self.through = through
         self.setObjectName("nodeSearch")
         self.setStyleSheet("#nodeSearch { background: #26282c; border: 1px solid #4f9cf9;"
                            " border-radius: 6px; }")
@@ -65,6 +82,8 @@ class NodeSearch(QFrame):
         lay.setSpacing(4)
         hint = "Add node" if origin_type is None else \
             f"Add node {'taking' if origin_is_output else 'giving'} {origin_type}"
+        if through is not None:
+            hint = f"Insert a node taking {through[0]} and giving {through[1]}"
         self.hint = QLabel(hint)
         self.hint.setStyleSheet("color:#8b8f96; font-size:8pt;")
         self.edit = QLineEdit()
@@ -82,10 +101,14 @@ class NodeSearch(QFrame):
 
     def refresh(self, text: str) -> None:
         self.list.clear()
-        for spec in matching_specs(self.registry, text, self.origin_type, self.origin_is_output):
-            item = QListWidgetItem(f"{spec.title}    ·  {spec.category}")
+        for spec in matching_specs(self.registry, text, self.origin_type, self.origin_is_output,
+                                   self.through):
+            package = package_label(self.registry, spec.type_id)
+            info = self.registry.package_of(spec.type_id)
+            shown = f"    ·  {package}" if info is not None and info.kind != "builtin" else ""
+            item = QListWidgetItem(f"{spec.title}    ·  {spec.category}{shown}")
             item.setData(Qt.ItemDataRole.UserRole, spec.type_id)
-            item.setToolTip(f"{spec.type_id}\n{spec.description}")
+            item.setToolTip(f"{spec.type_id}  ({package or 'no package'})\n{spec.description}")
             self.list.addItem(item)
         if self.list.count():
             self.list.setCurrentRow(0)
@@ -114,6 +137,26 @@ class NodeSearch(QFrame):
         self.picked.emit(type_id)
 
     def popup(self, pos: QPoint) -> None:
-        self.move(pos)
+        """Show at `pos`, moved as needed to stay on the screen (near an edge it opens above
+        or left of the point instead)."""
+        self.adjustSize()
+        self.move(on_screen(pos, self.size(), self.screen()))
         self.show()
         self.edit.setFocus()
+
+
+def on_screen(pos: QPoint, size, screen) -> QPoint:
+    """The top-left corner for a popup of `size` wanted at `pos`, kept inside `screen`'s
+    available area (flipped above / left of `pos` when it would run off the bottom / right)."""
+    from PySide6.QtGui import QGuiApplication
+
+    screen = QGuiApplication.screenAt(pos) or screen or QGuiApplication.primaryScreen()
+    if screen is None:
+        return pos
+    area = screen.availableGeometry()
+    x, y = pos.x(), pos.y()
+    if x + size.width() > area.right():
+        x = max(area.left(), min(pos.x() - size.width(), area.right() - size.width()))
+    if y + size.height() > area.bottom():
+        y = max(area.top(), min(pos.y() - size.height(), area.bottom() - size.height()))
+    return QPoint(max(area.left(), x), max(area.top(), y))

@@ -26,9 +26,13 @@ STATUS_COLORS = {
     "cached": QColor("#3fa7a0"),
     "done": QColor("#5cc26b"),
     "error": QColor("#ef5350"),
-    "skipped": QColor("#b08a3c"),
+    "skipped": QColor("#9aa0a8"),
+    "blocked": QColor("#9aa0a8"),
+    "not run": QColor("#8b8f96"),
     "cancelled": QColor("#b08a3c"),
 }
+BADGE = QColor(20, 21, 24, 210)
+BYPASS_TINT = QColor(160, 90, 220, 55)
 
 NODE_COLORS = ["#34373d", "#4a3a3a", "#3f4a36", "#36424f", "#4a3f52", "#4f4533", "#334a4a"]
 

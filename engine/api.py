@@ -40,9 +40,9 @@ def _split_target(target: str) -> tuple[str, str]:
     return node_id, input_name
 
 
-def set_value(graph: Graph, registry: Registry, target: str, value: Any,
-              parse: bool = False) -> None:
-    """Set `node.input` to `value` (parsed from text by the input's declared type if `parse`)."""
+def target_input(graph: Graph, registry: Registry, target: str) -> tuple[str, str, Any]:
+    """(node id, input name, declared Input) of "ID.INPUT", an input that takes a value;
+    OverrideError naming what is wrong otherwise."""
     node_id, input_name = _split_target(target)
     node = graph.nodes.get(node_id)
     if node is None:
@@ -61,6 +61,14 @@ def set_value(graph: Graph, registry: Registry, target: str, value: Any,
     if inp.connection_only:
         raise OverrideError([Problem("bad_override", f"takes a connection ({inp.type}), "
                                      "not a value", node_id, node.type, input_name)])
+    return node_id, input_name, inp
+
+
+def set_value(graph: Graph, registry: Registry, target: str, value: Any,
+              parse: bool = False) -> None:
+    """Set `node.input` to `value` (parsed from text by the input's declared type if `parse`)."""
+    node_id, input_name, inp = target_input(graph, registry, target)
+    node = graph.nodes[node_id]
     if parse:
         try:
             value = inp.parse(str(value))
@@ -135,6 +143,28 @@ class Session:
         return self.executor.run(graph, outputs, self.options(graph, output_dir, device, options),
                                  on_event)
 
+    def batch(self, graph: Graph, sweeps: Any, out: str | os.PathLike = "out", *,
+              zip: Iterable[Any] = (), resume: bool = False, ray: bool | str | None = None,
+              workers: int | None = None, device: str = "auto",
+              options: dict[str, Any] | None = None) -> Any:
+        """Render `graph` once per combination of swept values (engine.batch): returns an
+        engine.batch.Batch; iterate it for each item's ItemResult as it finishes (written to
+        `out`/manifest.jsonl first). Without `ray` the items run here, sharing this session's
+        cache; with `ray=True` (or a cluster address) on Ray workers.
+
+            for r in s.batch(g, {"prompt.text": ["a red circle", "a blue star"],
+                                 "noise.seed": range(1, 5)}, out="sweep"):
+                print(r.index, r.status, r.files)
+        """
+        from engine.batch import Batch, InProcessBackend, make_backend, plan_batch
+
+        plan = plan_batch(graph, sweeps, zip)
+        if not ray:
+            make_backend(None, workers)  # refuses more than one worker without Ray
+        backend = make_backend(ray, workers) if ray else InProcessBackend(self)
+        return Batch(plan, out, resume=resume, backend=backend, device=device, options=options,
+                     own_backend=bool(ray))
+
     def options(self, graph: Graph, output_dir: str | os.PathLike = "out", device: str = "auto",
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         source = graph.ui.get("_source")
@@ -160,5 +190,18 @@ def _without_private_ui(graph: Graph) -> Graph:
     return g
 
 
-__all__ = ["Session", "OverrideError", "apply_overrides", "set_value", "ignored_values",
-           "DEFAULT_WORKFLOW", "LoomError"]
+def batch(workflow: str | os.PathLike | Graph = DEFAULT_WORKFLOW, sweeps: Any = (),
+          out: str | os.PathLike = "out", *, sets: Iterable[str] = (),
+          session: Session | None = None, **kwargs: Any) -> Any:
+    """`Session.batch` for a workflow file (or graph) with `--set`-style fixed values `sets`:
+    `for r in batch("wf.json", {"noise.seed": "1..8"}, "out/sweep"): ...`"""
+    session = session or Session()
+    graph = workflow if isinstance(workflow, Graph) else session.load(workflow)
+    if sets:
+        graph = graph.copy()
+        apply_overrides(graph, session.registry, sets)
+    return session.batch(graph, sweeps, out, **kwargs)
+
+
+__all__ = ["Session", "OverrideError", "apply_overrides", "set_value", "target_input",
+           "ignored_values", "batch", "DEFAULT_WORKFLOW", "LoomError"]

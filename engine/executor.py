@@ -24,7 +24,7 @@ from engine import integrity
 from engine.cache import ResultCache
 from engine.errors import Cancelled, LoomError, NodeError, NodeInputError, Problem, ValidationError
 from engine.graph import Graph, Link
-from engine.node import Input, NodeSpec, RunContext
+from engine.node import Input, NodeSpec, PreflightContext, RunContext
 from engine.paths import file_identity, resolve_path
 from engine.registry import Registry
 from engine.types import PRIMITIVES
@@ -263,9 +263,13 @@ class Executor:
         return order
 
     def _key(self, graph: Graph, nid: str, spec: NodeSpec, keys: dict[str, str],
-             options: dict[str, Any], links: dict[str, Link] | None = None) -> str:
+             options: dict[str, Any], links: dict[str, Link] | None = None,
+             out_keys: dict[tuple[str, str], str] | None = None,
+             only: tuple[str, ...] | None = None) -> str:
         """The node's content address: type, version, constant inputs (with file identities),
-        upstream keys and outputs, keyed options; never the node id."""
+        upstream keys and outputs, keyed options; never the node id. An upstream output that
+        declares the inputs it depends on (Output.inputs) contributes its own key (out_keys),
+        computed here with `only` those inputs."""
         node = graph.nodes[nid]
         if links is None:
             links = graph.inputs_of(nid)
@@ -273,10 +277,16 @@ class Executor:
         # 1, 1.0 and True differ) and much cheaper than JSON. Constants are scalars here
         # (validation refuses others); the keys live in memory only, so repr is stable enough.
         parts: list[Any] = [spec.type_id, spec.version]
+        if only is not None:
+            parts += ("only", only)
+        constants: dict[str, Any] = {}
         for name, inp in spec.inputs.items():
+            if only is not None and name not in only:
+                continue
             link = links.get(name)
             if link is not None:
-                parts += (name, "link", keys[link.node], link.output)
+                upstream = (out_keys or {}).get((link.node, link.output), keys[link.node])
+                parts += (name, "link", upstream, link.output)
                 if inp.path:
                     # A file path that arrives through a link: fold the file's identity in when
                     # the upstream value is known (cached). Unknown until it runs: this run's
@@ -289,9 +299,17 @@ class Executor:
                         parts += ("unresolved", uuid.uuid4().hex)
                 continue
             value = node.values.get(name, inp.default if inp.has_default else None)
+            constants[name] = value
             parts += (name, "value", value)
             if inp.path and isinstance(value, str) and value:
                 parts.append(file_identity(resolve_path(value, options)))
+        identity = getattr(spec.cls, "cache_identity", None)
+        if identity is not None:  # files the node reads by name (engine.node)
+            try:
+                parts += ("identity", identity(constants, PreflightContext(nid, spec.type_id,
+                                                                           options)))
+            except Exception:  # noqa: BLE001 - unknown identity: never reuse a result
+                parts += ("identity", uuid.uuid4().hex)
         parts.append("options")
         for k in KEYED_OPTIONS:
             if spec.output_node or k not in OUTPUT_NODE_OPTIONS:
@@ -326,9 +344,16 @@ class Executor:
         # results are never looked up in the cache nor stored there (they could never be hit
         # again and would only push useful entries out).
         volatile: set[str] = set()
+        out_keys: dict[tuple[str, str], str] = {}
         for nid in order:
             links = ins.get(nid, no_links)
-            result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options, links)
+            result.keys[nid] = self._key(graph, nid, specs[nid], result.keys, options, links,
+                                         out_keys)
+            for out in specs[nid].outputs:
+                if out.inputs is not None:
+                    out_keys[(nid, out.name)] = self._key(graph, nid, specs[nid], result.keys,
+                                                          options, links, out_keys,
+                                                          (*out.inputs, f"->{out.name}"))
             if not specs[nid].deterministic or any(l.node in volatile for l in links.values()) \
                     or any(specs[nid].inputs[name].path and self.cache.peek(
                         result.keys[link.node]) is None for name, link in links.items()
@@ -443,6 +468,8 @@ class Executor:
             err = NodeError(nid, spec.type_id, message, traceback.format_exc(),
                             exc.input if isinstance(exc, NodeInputError) else None)
             result.errors[nid] = err
+            if ctx.ui.get("files"):  # files a failing node wrote first are still reported
+                result.ui[nid] = {"files": list(ctx.ui["files"])}
             result.status[nid] = ERROR
             result.timings[nid] = elapsed
             emit(NodeStatus(run_id, nid, ERROR, elapsed, err))

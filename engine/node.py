@@ -37,6 +37,13 @@ caller's thread, the editor's GUI thread included), must not change anything tha
 and must not import torch (heavy checks belong in `run`). A preflight that raises is reported
 as a problem of that node, never as a traceback. engine.preflight has shared checks (output
 folders, file prefixes, available memory).
+
+Files read by name. A path input (`Input(path=True)`) folds the file's identity into the node's
+cache key. A node that reads files its inputs only name indirectly (a prompt's
+`embedding:name`) says which in an optional classmethod `cache_identity(values, ctx)`, called
+with the constant inputs and a PreflightContext whenever the key is computed: it returns a
+value with a stable repr (a tuple of strings: the files' identities), folded into the key. It
+must be quick and must not import torch; one that raises makes the node run again every time.
 """
 
 from __future__ import annotations
@@ -211,6 +218,10 @@ class Output:
     name: str
     type: str
     description: str = ""
+    inputs: tuple[str, ...] | None = None
+    """The inputs this output's value depends on (None: all of them). Nodes fed by this output
+    are then keyed by these inputs only, so changing another input of the node re-runs the node
+    but not what this output feeds (Load LoRA's CLIP does not depend on its model strength)."""
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "type": self.type}
@@ -299,12 +310,18 @@ def node(
         names = [o.name for o in outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"{type_id}: duplicate output names {names}")
+        for o in outputs:
+            unknown = [i for i in (o.inputs or ()) if i not in inputs]
+            if unknown:
+                raise ValueError(f"{type_id}: output {o.name!r} depends on unknown inputs "
+                                 f"{unknown}")
         if not callable(getattr(cls, "run", None)):
             raise TypeError(f"{type_id}: a node class needs a run(self, ctx) method")
-        hook = inspect.getattr_static(cls, "preflight", None)
-        if hook is not None and not isinstance(hook, (classmethod, staticmethod)):
-            raise TypeError(f"{type_id}: preflight must be a classmethod "
-                            "(@classmethod def preflight(cls, values, ctx))")
+        for hook_name in ("preflight", "cache_identity"):
+            hook = inspect.getattr_static(cls, hook_name, None)
+            if hook is not None and not isinstance(hook, (classmethod, staticmethod)):
+                raise TypeError(f"{type_id}: {hook_name} must be a classmethod "
+                                f"(@classmethod def {hook_name}(cls, values, ctx))")
         # cleandoc: the editor shows the text, so drop the docstring's source indentation
         doc = description if description is not None else inspect.cleandoc(cls.__doc__ or "")
         cls.__loom_spec__ = NodeSpec(

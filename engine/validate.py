@@ -10,11 +10,15 @@ from engine.registry import Registry
 
 
 def _unknown_types(graph: Graph, registry: Registry) -> Iterable[Problem]:
+    # the packages the workflow file recorded for its node types (engine.workflow): named in
+    # the message, never installed or imported
+    recorded = graph.ui.get("_node_packages")
+    recorded = recorded if isinstance(recorded, dict) else {}
     for n in graph.nodes.values():
         if registry.get(n.type) is None:
-            yield Problem("unknown_node_type",
-                          f"unknown node type '{n.type}' (a node plugin that is not installed, "
-                          "or a misspelt type)", n.id, n.type)
+            why = registry.why_missing(n.type, recorded.get(n.type))
+            yield Problem("unknown_node_type", f"unknown node type '{n.type}' ({why})",
+                          n.id, n.type)
 
 
 def unknown_type_problems(graph: Graph, registry: Registry) -> list[Problem]:

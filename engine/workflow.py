@@ -254,6 +254,14 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
     """Build a graph from a parsed document: migrate, check structure, then validate."""
     if not isinstance(doc, dict):
         raise WorkflowError("a workflow must be a JSON object", source)
+    if "schema_version" not in doc:
+        from engine.comfy.read import comfy_format
+
+        kind = comfy_format(doc)
+        if kind is not None:
+            raise WorkflowError(f"this is a ComfyUI workflow ({kind} format), not a Loom one: "
+                                "open it in the editor, or convert it with `python main.py "
+                                "import-comfy FILE -o WORKFLOW.json`", source)
     doc = migrate_document(doc, source)
     nodes = doc.get("nodes")
     if not isinstance(nodes, dict):
@@ -264,6 +272,9 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
         raise WorkflowError("'ui' must be an object", source, "ui")
     _check_depth(ui, source, "ui")
     graph.ui = ui
+    packages = _read_node_packages(doc, source)
+    if packages:
+        graph.ui[NODE_PACKAGES_UI] = packages
     pending_links: list[tuple[str, str, str, str, str]] = []
     for nid, n in nodes.items():
         where = f"nodes.{nid}"
@@ -314,6 +325,55 @@ def graph_from_document(doc: dict[str, Any], registry: Registry, source: str | N
     return graph
 
 
+NODE_PACKAGES = "node_packages"
+"""The document section recording, per node type from a plugin, the package and version it came
+from: {"example.invert": {"package": "loom-example-nodes", "version": "1.0.0", "kind": "plugin"}}.
+Built-in types are not listed (they come with Loom; each node's own version records them)."""
+NODE_PACKAGES_UI = "_node_packages"
+"""Where a loaded graph keeps that section (runtime only: rewritten from the registry on save,
+recorded entries kept for the types this Loom does not know)."""
+
+
+def _read_node_packages(doc: dict[str, Any], source: str | None) -> dict[str, dict[str, Any]]:
+    packages = doc.get(NODE_PACKAGES)
+    if packages is None:
+        return {}
+    if not isinstance(packages, dict):
+        raise WorkflowError("'node_packages' must be an object keyed by node type", source,
+                            NODE_PACKAGES)
+    out: dict[str, dict[str, Any]] = {}
+    for type_id, entry in packages.items():
+        where = f"{NODE_PACKAGES}.{type_id}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("package"), str) \
+                or not all(isinstance(entry.get(k), (str, type(None))) for k in ("version",
+                                                                                  "kind")):
+            raise WorkflowError('must be {"package": name, "version": text, "kind": text}',
+                                source, where)
+        out[type_id] = {k: entry.get(k) for k in ("package", "version", "kind")
+                        if entry.get(k) is not None}
+    return out
+
+
+def node_packages(graph: Graph) -> dict[str, dict[str, Any]]:
+    """The node_packages section for `graph`: each node type from a plugin or the user's
+    folder with its package and version, from the registry; for types the registry does not
+    know, what the file they were read from recorded."""
+    recorded = graph.ui.get(NODE_PACKAGES_UI)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    registry = graph.registry
+    out: dict[str, dict[str, Any]] = {}
+    for type_id in sorted({n.type for n in graph.nodes.values()}):
+        known = registry is not None and registry.get(type_id) is not None
+        info = registry.package_of(type_id) if known and hasattr(registry, "package_of") \
+            else None
+        if info is not None and info.kind in ("plugin", "user"):
+            entry = {"package": info.name, "version": info.version, "kind": info.kind}
+            out[type_id] = {k: v for k, v in entry.items() if v is not None}
+        elif not known and isinstance(recorded.get(type_id), dict):
+            out[type_id] = dict(recorded[type_id])
+    return out
+
+
 def read_fragment(text: str, registry: Registry, source: str | None = None) -> Graph:
     """A piece of a workflow, such as the editor's clipboard, read as a file is read (schema
     and node-version migrations, structural checks) but not validated: a fragment may leave
@@ -358,7 +418,12 @@ def graph_to_document(graph: Graph) -> dict[str, Any]:
             entry["ui"] = n.ui
         nodes[nid] = entry
     ui = {k: v for k, v in graph.ui.items() if not (isinstance(k, str) and k.startswith("_"))}
-    return {"schema_version": SCHEMA_VERSION, "nodes": nodes, "ui": ui}
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "nodes": nodes}
+    packages = node_packages(graph)
+    if packages:
+        doc[NODE_PACKAGES] = packages
+    doc["ui"] = ui
+    return doc
 
 
 def dumps(graph: Graph) -> str:

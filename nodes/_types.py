@@ -17,6 +17,7 @@ GUIDED_DENOISER = "GUIDED_DENOISER"  # a denoiser with the prompts and guidance 
 UPSCALE_MODEL = "UPSCALE_MODEL"  # an upscaler model (SD x4 / latent x2)
 NOISE = "NOISE"  # nodes.lib.rng.Noise: unit noise [B, C, h, w] + the random stream after it
 RNG = "RNG"  # nodes.lib.rng.RandomStream: a position in a seeded CPU random stream
+CONTROL_NET = "CONTROL_NET"  # nodes.lib.controlnet.ControlNetBundle: a loaded ControlNet
 
 for name, color, parents in (
     (MODEL, "#b39ddb", ()),
@@ -32,5 +33,6 @@ for name, color, parents in (
     (UPSCALE_MODEL, "#a1887f", ()),
     (NOISE, "#f06292", ()),
     (RNG, "#90a4ae", ()),
+    (CONTROL_NET, "#26a69a", ()),
 ):
     TYPES.register(name, color, parents)

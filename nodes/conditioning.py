@@ -8,22 +8,43 @@ from engine.types import FLOAT, INT, STRING
 from nodes._types import CLIP, CONDITIONING
 
 _PROMPT_HELP = ("(word) x1.1, [word] /1.1, (word:1.3) any weight, \\( \\) literal brackets, "
-                "BREAK starts a new 77-token chunk; longer prompts are encoded in chunks")
+                "BREAK starts a new 77-token chunk; longer prompts are encoded in chunks; "
+                "embedding:name uses a textual inversion embedding from the embeddings folder")
 
 
-def _encode(encode_prompt, clip, text, clip_skip):
+def _encode(encode_prompt, clip, text, clip_skip, options=None):
     """encode_prompt, with a prompt over the length limit (a linked text is only known now)
-    reported as an error of the `text` input."""
+    or an embedding that cannot be used reported as an error of the `text` input."""
     from engine.errors import NodeInputError
     from nodes._limits import PromptTooLongError, prompt_problem
+    from nodes.lib.embeddings import EmbeddingError, Embeddings
 
     why = prompt_problem(text)
     if why is not None:
         raise NodeInputError("text", why)
     try:
-        return encode_prompt(clip, text, clip_skip)
-    except PromptTooLongError as exc:
+        return encode_prompt(clip, text, clip_skip,
+                             embeddings=Embeddings.from_options(options))
+    except (PromptTooLongError, EmbeddingError) as exc:
         raise NodeInputError("text", str(exc)) from None
+
+
+def _prompt_preflight(values, ctx):
+    """A prompt within the length limit (nodes._limits) whose embeddings exist."""
+    from nodes._limits import prompt_problem
+    from nodes.lib.embeddings import prompt_problem as embedding_problem
+
+    why = prompt_problem(values.get("text")) or embedding_problem(values.get("text"),
+                                                                  ctx.options)
+    if why is not None:
+        yield "text", why
+
+
+def _prompt_identity(values, ctx):
+    """The embedding files the prompt names (their content is part of the result)."""
+    from nodes.lib.embeddings import prompt_identity
+
+    return prompt_identity(values.get("text"), ctx.options)
 
 
 @node("conditioning.text_encode", title="Text Encoder", category="conditioning",
@@ -40,17 +61,17 @@ class TextEncode:
 
     @classmethod
     def preflight(cls, values, ctx):
-        """Before anything runs: a prompt within the length limit (nodes._limits)."""
-        from nodes._limits import prompt_problem
+        """Before anything runs: a prompt within the length limit whose embeddings exist."""
+        yield from _prompt_preflight(values, ctx)
 
-        why = prompt_problem(values.get("text"))
-        if why is not None:
-            yield "text", why
+    @classmethod
+    def cache_identity(cls, values, ctx):
+        return _prompt_identity(values, ctx)
 
     def run(self, ctx: RunContext):
         from nodes.lib.prompts import encode_prompt
 
-        return _encode(encode_prompt, self.clip, self.text, self.clip_skip)
+        return _encode(encode_prompt, self.clip, self.text, self.clip_skip, ctx.options)
 
 
 @node("conditioning.negative_prompt", title="Negative Prompt", category="conditioning",
@@ -67,17 +88,17 @@ class NegativePrompt:
 
     @classmethod
     def preflight(cls, values, ctx):
-        """Before anything runs: a prompt within the length limit (nodes._limits)."""
-        from nodes._limits import prompt_problem
+        """Before anything runs: a prompt within the length limit whose embeddings exist."""
+        yield from _prompt_preflight(values, ctx)
 
-        why = prompt_problem(values.get("text"))
-        if why is not None:
-            yield "text", why
+    @classmethod
+    def cache_identity(cls, values, ctx):
+        return _prompt_identity(values, ctx)
 
     def run(self, ctx: RunContext):
         from nodes.lib.prompts import encode_prompt, zero_conditioning
 
-        cond = _encode(encode_prompt, self.clip, self.text, self.clip_skip)
+        cond = _encode(encode_prompt, self.clip, self.text, self.clip_skip, ctx.options)
         if not self.text.strip() and getattr(self.clip, "force_zeros_for_empty_prompt", False):
             return zero_conditioning(self.clip, like=cond)
         return cond

@@ -118,14 +118,19 @@ class SaveImageNode:
             text[wf.PNG_KEY] = workflow
         arrays = image_to_uint8(self.images)
         files, warnings = [], []
-        for a in arrays:
-            data, dropped = encode_png_within(a, text, wf.MAX_FILE_BYTES, (wf.PNG_KEY,))
-            path = write_numbered(out_dir, self.prefix, ".png", data)
-            files.append(str(path))
-            if dropped:
-                warnings.append(f"{path.name} was saved without its workflow: with it the PNG "
-                                f"would be larger than the {wf.MAX_FILE_BYTES} bytes Loom can "
-                                "open; save the workflow as a .json file instead")
+        try:
+            for a in arrays:
+                data, dropped = encode_png_within(a, text, wf.MAX_FILE_BYTES, (wf.PNG_KEY,))
+                path = write_numbered(out_dir, self.prefix, ".png", data)
+                files.append(str(path))
+                if dropped:
+                    warnings.append(f"{path.name} was saved without its workflow: with it the "
+                                    f"PNG would be larger than the {wf.MAX_FILE_BYTES} bytes "
+                                    "Loom can open; save the workflow as a .json file instead")
+        except BaseException:
+            if files:  # a later image failed (a full disk): the ones written are still reported
+                ctx.set_ui(files=files)
+            raise
         ctx.set_ui(files=files, images=arrays)
         if warnings:
             ctx.set_ui(warnings=warnings)

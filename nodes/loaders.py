@@ -75,7 +75,8 @@ class LoadCheckpoint:
             manager().set_budget(int(float(budget) * 2**30))
         try:
             loaded = load_checkpoint(path, family=self.family, prediction=self.prediction,
-                                     dtype=self.dtype, device=ctx.device, config_dir=config_dir)
+                                     dtype=self.dtype, device=ctx.device, config_dir=config_dir,
+                                     progress=lambda done, total: ctx.progress(done, total))
         except LOAD_ERRORS as exc:
             raise NodeInputError("path", str(exc)) from exc
         info = loaded.info

@@ -40,7 +40,7 @@ DIST_OF = {
     "yaml": "pyyaml",
     "pytestqt": "pytest-qt",
     "open_clip": "open_clip_torch",
-    "cv2": "opencv-python",
+    "cv2": "opencv-python-headless",
     "sklearn": "scikit-learn",
     "skimage": "scikit-image",
 }
@@ -61,6 +61,11 @@ USED_WITHOUT_IMPORT = {
 # The documented optional exception: the tokenizer cross-check against open_clip (README's
 # ci:extras command installs them; the tests skip without them). Allowed only in these files.
 OPTIONAL = {"ftfy": {"tests/test_tokenizer.py"}, "open_clip_torch": {"tests/test_tokenizer.py"}}
+
+# Optional features: pyproject extras (other than dev) that Loom's code may import, only in these
+# files and only inside functions (Loom runs without them); requirements-dev.txt installs them
+# so that their tests run in CI.
+FEATURES = {"ray": {"engine/batch_ray.py"}}
 
 
 def normalise(name: str) -> str:
@@ -135,6 +140,18 @@ def third_party_imports(where: tuple[str, ...]) -> dict[str, set[str]]:
     return found
 
 
+def runtime_imports() -> dict[str, set[str]]:
+    """third_party_imports(RUNTIME) without the optional features' imports in their own
+    modules (FEATURES)."""
+    imports = third_party_imports(RUNTIME)
+    for dist, files in FEATURES.items():
+        if dist in imports:
+            imports[dist] -= files
+            if not imports[dist]:
+                del imports[dist]
+    return imports
+
+
 def distribution(import_name: str) -> str:
     return normalise(DIST_OF.get(import_name, import_name))
 
@@ -165,7 +182,11 @@ def test_requirements_dev_mirrors_pyproject_dev_extra() -> None:
     text = (ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
     assert re.search(r"^-r requirements\.txt\s*$", text, re.M), "dev must include the runtime"
     dev = read_requirements(ROOT / "requirements-dev.txt")
-    toml = _listed(pyproject()["project"]["optional-dependencies"]["dev"])
+    extras = pyproject()["project"]["optional-dependencies"]
+    toml = _listed(extras["dev"])
+    for feature in FEATURES:  # the optional features' extras, installed for their tests
+        toml.update(_listed(extras[feature]))
+    assert set(extras) == {"dev", *FEATURES}, "an extra that is neither dev nor in FEATURES"
     assert dev == toml
     assert not set(dev) & set(read_requirements(ROOT / "requirements.txt"))
 
@@ -198,10 +219,22 @@ def test_import_scan_sees_imports_inside_functions() -> None:
 def test_every_import_is_declared() -> None:
     runtime = set(read_requirements(ROOT / "requirements.txt"))
     everything = set(read_requirements(ROOT / "requirements-dev.txt", follow=True))
-    missing = undeclared(third_party_imports(RUNTIME), runtime)
+    missing = undeclared(runtime_imports(), runtime)
     assert not missing, f"imported by Loom, not in requirements.txt: {missing}"
     missing = undeclared(third_party_imports(DEV), everything)
     assert not missing, f"imported by tests/tools, not in requirements(-dev).txt: {missing}"
+
+
+def test_optional_features_are_imported_lazily() -> None:
+    # `import engine.batch_ray` must work without Ray: it imports ray only inside functions
+    for dist, files in FEATURES.items():
+        for name in files:
+            tree = ast.parse((ROOT / name).read_text(encoding="utf-8"))
+            top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+            heads = {(a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0]
+                     for n in top for a in n.names}
+            assert dist not in heads, f"{name} imports {dist} at module level"
+            assert dist in third_party_imports((name,)), f"{name} no longer uses {dist}"
 
 
 def test_indirect_requirements_are_declared() -> None:
@@ -213,7 +246,7 @@ def test_every_declared_package_is_used() -> None:
     # Removing any declared package must fail one of the tests above: each one is imported by
     # the code or needed indirectly (and a stale requirement shows up here).
     runtime = set(read_requirements(ROOT / "requirements.txt"))
-    used = {distribution(n) for n in third_party_imports(RUNTIME)} | set(INDIRECT)
+    used = {distribution(n) for n in runtime_imports()} | set(INDIRECT)
     assert runtime == used, (f"declared, never used: {runtime - used}; "
                              f"used, not declared: {used - runtime}")
     dev = set(read_requirements(ROOT / "requirements-dev.txt"))

@@ -102,7 +102,9 @@ def registry() -> Registry:
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    """Recovery files, settings and outputs in the test's own folder."""
+    """Recovery files, settings, outputs and the user's data folder in the test's own folder."""
+    monkeypatch.setenv("LOOM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LOOM_WORKFLOWS_DIR", raising=False)
     monkeypatch.setenv("LOOM_RECOVERY_DIR", str(tmp_path / "recovery"))
     monkeypatch.setenv("LOOM_SETTINGS_FILE", str(tmp_path / "settings.ini"))
     monkeypatch.setenv("LOOM_OUTPUT_DIR", str(tmp_path / "out"))

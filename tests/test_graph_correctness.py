@@ -292,3 +292,20 @@ def test_cli_check_inputs_flag_turns_the_check_on(tmp_path):
     assert checked.returncode == 1
     assert "node 'mid' (tcheck.scale_inplace) failed" in checked.stderr
     assert "changed its input (the value of 'src.t') in place" in checked.stderr
+
+
+@pytest.mark.parametrize("target,value,words", [
+    ("scheduler.steps", 100_000_000, "above the maximum 1000"),
+    ("noise.seed", -5, "below the minimum 0"),
+])
+def test_an_integer_node_cannot_smuggle_an_absurd_value_into_the_default_workflow(
+        target, value, words, tmp_path):
+    s = Session()
+    g = s.load(DEFAULT)
+    node_id, inp = target.split(".")
+    g.add_node("primitive.int", "number", {"value": value})
+    g.connect("number", "value", node_id, inp)
+    result = s.run(g, output_dir=tmp_path, device="cpu")
+    err = result.errors[node_id]
+    assert err.input == inp and words in err.message and "'number.value'" in err.message
+    assert "sampler" not in result.ran and not list(tmp_path.glob("*.png"))

@@ -14,7 +14,7 @@ from engine.workflow import load_workflow
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "resources" / "workflows"
                    / "examples").glob("*.json"))
 EXPECTED = {"sd15_txt2img.json", "sd15_img2img.json", "sd15_inpaint.json",
-            "sdxl_base_refiner.json", "sd_x4_upscale.json"}
+            "sdxl_base_refiner.json", "sd_x4_upscale.json", "sd15_controlnet.json"}
 
 
 def test_expected_examples_exist():

@@ -17,6 +17,7 @@ component, dtype and device, so nodes and runs share them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -514,8 +515,11 @@ class LoadedCheckpoint:
 def load_checkpoint(path: Path | str, family: str = "auto", prediction: str = "auto",
                     dtype: str = "auto", device: str = "auto", config_dir: Path | None = None,
                     models: ModelManager | None = None,
-                    components: tuple[str, ...] = ("unet", "clip", "vae")) -> LoadedCheckpoint:
-    """Load (or take from the model manager) the UNet, text encoders and VAE at `path`."""
+                    components: tuple[str, ...] = ("unet", "clip", "vae"),
+                    progress: Callable[[int, int], None] | None = None) -> LoadedCheckpoint:
+    """Load (or take from the model manager) the UNet, text encoders and VAE at `path`.
+    `progress(done, total)` is called before the first component and after each one (the
+    editor shows it on the node: loading 1/3 ...)."""
     models = manager() if models is None else models
     info = inspect_checkpoint(Path(path), family, prediction, config_dir)
     dev = resolve_device(device)
@@ -555,10 +559,26 @@ def load_checkpoint(path: Path | str, family: str = "auto", prediction: str = "a
     unet_h = ModelHandle(models, key("unet"), build_unet) if "unet" in components else None
     clip_h = ModelHandle(models, key("clip"), build_clip) if "clip" in components else None
     vae_h = ModelHandle(models, key("vae"), build_vae) if "vae" in components else None
+    total = sum(h is not None for h in (unet_h, clip_h, vae_h))
+    done = 0
+
+    def loaded() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
     unet = unet_h.get() if unet_h is not None else None
+    if unet_h is not None:
+        loaded()
     if clip_h is not None:
         clip_h.get()
+        loaded()
     vae = vae_h.get() if vae_h is not None else None
+    if vae_h is not None:
+        loaded()
     if reader is not None:
         reader.release()
 

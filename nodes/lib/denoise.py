@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,6 +38,14 @@ class ImageConditioning:
             if t is not None:
                 size += t.numel() * t.element_size()
         return size
+
+
+class Step(NamedTuple):
+    """Where the sampler is: step `index` (from 0) of `count` (its number of timesteps).
+    ControlNets' start/end are fractions of the steps, as in diffusers' pipelines."""
+
+    index: int
+    count: int
 
 
 def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -70,12 +78,23 @@ def _conv_backend(x: torch.Tensor):
 class UNetDenoiser:
     """The model's raw prediction for latents x at timestep t under a list of conditionings.
 
-    x has len(conds) * B rows: rows [i*B, (i+1)*B) use conds[i]."""
+    x has len(conds) * B rows: rows [i*B, (i+1)*B) use conds[i]. `controls`: the ControlNets
+    applied to it (Apply ControlNet; nodes.lib.controlnet), whose residuals it adds."""
 
     guided = False
 
-    def __init__(self, model: ModelBundle):
+    def __init__(self, model: ModelBundle, controls: Sequence[Any] = ()):
         self.model = model
+        self.controls = tuple(controls)
+
+    def with_control(self, control: Any) -> UNetDenoiser:
+        """A new denoiser with one more ControlNet (this one is left as it is)."""
+        return UNetDenoiser(self.model, (*self.controls, control))
+
+    def check_latents(self, shape: Sequence[int]) -> str | None:
+        """Why latents of this shape cannot be denoised (a control image of another size), or
+        None; the Sampler asks before its first step."""
+        return next((p for c in self.controls if (p := c.size_problem(shape))), None)
 
     def __loom_cache_size__(self) -> int:
         return 0
@@ -91,9 +110,10 @@ class UNetDenoiser:
     def __call__(self, x: torch.Tensor, t: Any, conds: Sequence[Conditioning],
                  negative: Sequence[bool] | None = None,
                  image_cond: ImageConditioning | None = None,
-                 positive: Conditioning | None = None) -> torch.Tensor:
+                 positive: Conditioning | None = None, step: Step | None = None) -> torch.Tensor:
         """`positive`: the prompt a negative conditioning without SDXL sizes borrows them from
-        (by default the first non-negative one in `conds`)."""
+        (by default the first non-negative one in `conds`). `step`: the sampler's step, for
+        ControlNets acting on part of the schedule."""
         unet = self.unet
         dtype = self.model.dtype or next(unet.parameters()).dtype
         device = x.device
@@ -122,6 +142,12 @@ class UNetDenoiser:
                 + (f" + image conditioning {model_in.shape[1] - x.shape[1]}" if image_cond else "")
                 + "); an inpainting model needs Inpaint Conditioning connected to the sampler")
         with _conv_backend(model_in):
+            if self.controls:
+                from nodes.lib.controlnet import residual_kwargs
+
+                kwargs.update(residual_kwargs(self.controls, x, t, embeds,
+                                              kwargs.get("added_cond_kwargs"), negative, b,
+                                              step, dtype))
             out = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False,
                        **kwargs)[0]
         return out.to(x.dtype)
@@ -234,17 +260,24 @@ class GuidedDenoiser:
         progress = 1.0 - float(t) / total
         return self.start <= progress <= self.end
 
+    def check_latents(self, shape: Sequence[int]) -> str | None:
+        check = getattr(self.denoiser, "check_latents", None)
+        return check(shape) if check is not None else None
+
     def __call__(self, x: torch.Tensor, t: Any,
-                 image_cond: ImageConditioning | None = None) -> torch.Tensor:
+                 image_cond: ImageConditioning | None = None,
+                 step: Step | None = None) -> torch.Tensor:
         if not self.do_cfg or not self.guides_at(t):
-            return self.denoiser(x, t, [self.positive], [False], image_cond)
+            return self.denoiser(x, t, [self.positive], [False], image_cond, step=step)
         if self.negative.embeds.shape[1:] == self.positive.embeds.shape[1:]:
             x2 = torch.cat([x] * 2)
-            out = self.denoiser(x2, t, [self.negative, self.positive], [True, False], image_cond)
+            out = self.denoiser(x2, t, [self.negative, self.positive], [True, False], image_cond,
+                                step=step)
             uncond, cond = out.chunk(2)
         else:  # prompts of different lengths (more 77-token chunks): two UNet calls
-            uncond = self.denoiser(x, t, [self.negative], [True], image_cond, self.positive)
-            cond = self.denoiser(x, t, [self.positive], [False], image_cond)
+            uncond = self.denoiser(x, t, [self.negative], [True], image_cond, self.positive,
+                                   step=step)
+            cond = self.denoiser(x, t, [self.positive], [False], image_cond, step=step)
         guided = uncond + self.scale * (cond - uncond)
         if self.rescale > 0.0:
             guided = rescale_guidance(guided, cond, self.rescale)

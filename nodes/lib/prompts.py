@@ -13,12 +13,21 @@ padded to 77, and the chunks' embeddings concatenated ([1, 77 * chunks, dim]). A
 embedding is scaled by its weight and the chunk's mean is restored afterwards (A1111's method),
 so weights shift emphasis without changing the overall magnitude. A prompt without weights that
 fits in one chunk is tokenized exactly as diffusers' pipelines do it, giving identical numbers.
+
+Embeddings (textual inversion, nodes.lib.embeddings): `embedding:name` (or a bare embedding file
+name) takes as many token positions as the embedding has vectors, weighted like the words around
+it; a chunk that has no room for all of them starts a new one. The vectors replace the token
+embeddings at those positions for the one encoder call (a forward hook on the token-embedding
+layer, removed after the call), so the shared tokenizer and text encoder never change.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 from nodes._limits import MAX_PROMPT_CHUNKS, PromptTooLongError
 from nodes.lib.families import FAMILY_TABLE
@@ -116,14 +125,26 @@ class TokenChunks:
     weights: list[list[float]]
     masks: list[list[int]]  # 1 up to and including <eos>, 0 on padding
     plain: bool  # no weights, one chunk: identical to the pipelines' tokenization
+    injected: list[dict[int, Any]] = field(default_factory=list)
+    """Per chunk: {position: embedding vector} to put in place of the token embedding."""
 
 
-def tokenize(tokenizer, text: str) -> TokenChunks:
+# The token id at an embedding's positions: its token embedding is replaced, so the id only
+# has to stay out of the way of the pooled output, which CLIP takes at the first <eos> (or, in
+# configs with the legacy eos_token_id 2, at the highest id): 0 is neither.
+EMBEDDING_PLACEHOLDER_ID = 0
+
+
+def tokenize(tokenizer, text: str, embeddings=None) -> TokenChunks:
+    """`embeddings` (nodes.lib.embeddings.EncoderEmbeddings): finds the embeddings the text
+    names and gives their vectors for this encoder; None reads the text as plain words."""
     max_len = int(getattr(tokenizer, "model_max_length", 77) or 77)
     if max_len > 1000:  # tokenizers saved without a max length
         max_len = 77
     fragments = parse_prompt(text)
-    if not has_weights(fragments):
+    pieces = [[f.text] if f.is_break or embeddings is None else embeddings.split(f.text)
+              for f in fragments]
+    if not has_weights(fragments) and all(isinstance(p, str) for ps in pieces for p in ps):
         text = "".join(f.text for f in fragments)  # escapes resolved; else the text as given
         n = len(tokenizer(text, add_special_tokens=False).input_ids)
         if n <= max_len - 2:
@@ -132,17 +153,31 @@ def tokenize(tokenizer, text: str) -> TokenChunks:
                                [list(enc.attention_mask)], True)
 
     per_chunk = max_len - 2
-    chunks: list[tuple[list[int], list[float]]] = [([], [])]
-    for frag in fragments:
+    chunks: list[tuple[list[int], list[float], dict[int, Any]]] = [([], [], {})]
+    for frag, frag_pieces in zip(fragments, pieces):
         if frag.is_break:
             if chunks[-1][0]:
-                chunks.append(([], []))
+                chunks.append(([], [], {}))
             continue
-        for tid in tokenizer(frag.text, add_special_tokens=False).input_ids:
-            if len(chunks[-1][0]) == per_chunk:
-                chunks.append(([], []))
-            chunks[-1][0].append(tid)
-            chunks[-1][1].append(frag.weight)
+        for piece in frag_pieces:
+            if not isinstance(piece, str):
+                vectors = embeddings.vectors(piece)
+                n = int(vectors.shape[0])
+                if n > per_chunk:
+                    raise ValueError(f"embedding '{piece.name}' has {n} vectors, more than the "
+                                     f"{per_chunk} positions of a chunk")
+                if len(chunks[-1][0]) + n > per_chunk:  # keep an embedding in one chunk
+                    chunks.append(([], [], {}))
+                for v in vectors:
+                    chunks[-1][2][1 + len(chunks[-1][0])] = v  # + 1: after <bos>
+                    chunks[-1][0].append(EMBEDDING_PLACEHOLDER_ID)
+                    chunks[-1][1].append(frag.weight)
+                continue
+            for tid in tokenizer(piece, add_special_tokens=False).input_ids:
+                if len(chunks[-1][0]) == per_chunk:
+                    chunks.append(([], [], {}))
+                chunks[-1][0].append(tid)
+                chunks[-1][1].append(frag.weight)
         if len(chunks) > MAX_PROMPT_CHUNKS:
             raise PromptTooLongError(
                 f"the prompt is over {MAX_PROMPT_CHUNKS} chunks of {per_chunk} tokens "
@@ -150,7 +185,7 @@ def tokenize(tokenizer, text: str) -> TokenChunks:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids, weights, masks = [], [], []
-    for toks, ws in chunks:
+    for toks, ws, _ in chunks:
         row = [bos, *toks, eos]
         wrow = [1.0, *ws, 1.0]
         masks.append([1] * len(row) + [0] * (max_len - len(row)))
@@ -158,7 +193,7 @@ def tokenize(tokenizer, text: str) -> TokenChunks:
         wrow += [1.0] * (max_len - len(wrow))
         ids.append(row)
         weights.append(wrow)
-    return TokenChunks(ids, weights, masks, False)
+    return TokenChunks(ids, weights, masks, False, [c[2] for c in chunks])
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -174,7 +209,45 @@ def _final_norm(encoder):
     return getattr(encoder, "text_model", encoder).final_layer_norm
 
 
-def _encode_chunk(encoder, ids, mask, family: str, clip_skip: int, is_sdxl: bool):
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _encoder_lock(encoder) -> threading.Lock:
+    """One lock per text encoder: a call with embeddings hooks the shared module for its
+    duration, so no other call may run the encoder meanwhile."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(encoder)
+        if lock is None:
+            lock = _LOCKS[encoder] = threading.Lock()
+        return lock
+
+
+def _run_encoder(encoder, ids_t, kwargs, inject: dict[int, Any] | None):
+    """encoder(ids), with the token embeddings at `inject`'s positions replaced by its vectors
+    (a forward hook on the token-embedding layer for this one call)."""
+    import torch
+
+    with _encoder_lock(encoder):
+        if not inject:
+            return encoder(ids_t, output_hidden_states=True, **kwargs)
+        positions = torch.tensor(sorted(inject), dtype=torch.long)
+        vectors = torch.stack([inject[p] for p in sorted(inject)])
+
+        def replace(module, args, output):
+            out = output.clone()
+            out[:, positions.to(out.device)] = vectors.to(out.device, out.dtype)
+            return out
+
+        handle = encoder.get_input_embeddings().register_forward_hook(replace)
+        try:
+            return encoder(ids_t, output_hidden_states=True, **kwargs)
+        finally:
+            handle.remove()
+
+
+def _encode_chunk(encoder, ids, mask, family: str, clip_skip: int, is_sdxl: bool,
+                  inject: dict[int, Any] | None = None):
     """Hidden states for one 77-token row, selected the way the family's pipeline does."""
     import torch
 
@@ -183,7 +256,7 @@ def _encode_chunk(encoder, ids, mask, family: str, clip_skip: int, is_sdxl: bool
     kwargs = {}
     if getattr(encoder.config, "use_attention_mask", False):  # as StableDiffusionPipeline
         kwargs["attention_mask"] = torch.tensor([mask], device=device)
-    out = encoder(ids_t, output_hidden_states=True, **kwargs)
+    out = _run_encoder(encoder, ids_t, kwargs, inject)
     pooled = None
     if is_sdxl:
         hidden = out.hidden_states[-(clip_skip + 1)]  # SDXL: penultimate layer, not normed
@@ -213,18 +286,21 @@ def _apply_weights(z, weights):
     return zf.to(z.dtype)
 
 
-def encode_with(tokenizer, encoder, text: str, family: str, clip_skip: int = 1) -> Encoded:
-    """Encode `text` with one tokenizer / text encoder pair."""
+def encode_with(tokenizer, encoder, text: str, family: str, clip_skip: int = 1,
+                embeddings=None) -> Encoded:
+    """Encode `text` with one tokenizer / text encoder pair (`embeddings`: see tokenize)."""
     import torch
 
     info = FAMILY_TABLE.get(family)
     is_sdxl = info is not None and info.sdxl_conditioning
-    chunks = tokenize(tokenizer, text)
+    chunks = tokenize(tokenizer, text, embeddings)
+    injected = chunks.injected or [None] * len(chunks.ids)
     hiddens = []
     pooled = None
     with torch.no_grad():
-        for ids, weights, mask in zip(chunks.ids, chunks.weights, chunks.masks):
-            hidden, p = _encode_chunk(encoder, ids, mask, family, clip_skip, is_sdxl)
+        for ids, weights, mask, inject in zip(chunks.ids, chunks.weights, chunks.masks,
+                                              injected):
+            hidden, p = _encode_chunk(encoder, ids, mask, family, clip_skip, is_sdxl, inject)
             if any(abs(w - 1.0) > 1e-12 for w in weights):
                 hidden = _apply_weights(hidden, weights)
             hiddens.append(hidden)
@@ -233,19 +309,28 @@ def encode_with(tokenizer, encoder, text: str, family: str, clip_skip: int = 1) 
     return Encoded(torch.cat(hiddens, dim=1), pooled)
 
 
-def encode_prompt(clip, text: str, clip_skip: int = 1):
-    """A Conditioning for `text` with every text encoder of `clip` (a ClipBundle)."""
+def encode_prompt(clip, text: str, clip_skip: int = 1, embeddings=None):
+    """A Conditioning for `text` with every text encoder of `clip` (a ClipBundle).
+    `embeddings` (nodes.lib.embeddings.Embeddings) finds the embeddings the prompt names; by
+    default in the embeddings folders of the environment (LOOM_EMBEDDINGS_DIR)."""
     import torch
 
     from nodes.lib.bundles import Conditioning
+    from nodes.lib.embeddings import Embeddings, EncoderEmbeddings, roles
 
     if clip_skip < 1:
         raise ValueError("clip_skip must be 1 (last layer) or more")
+    if embeddings is None:
+        embeddings = Embeddings.from_options()
     family = clip.family
     outs = []
     pooled = None
-    for tokenizer, encoder in zip(clip.tokenizers, clip.text_encoders):
-        enc = encode_with(tokenizer, encoder, text, family, clip_skip)
+    encoders = clip.text_encoders
+    for tokenizer, encoder, role in zip(clip.tokenizers, encoders,
+                                        roles(family, len(encoders))):
+        width = int(encoder.get_input_embeddings().embedding_dim)
+        enc = encode_with(tokenizer, encoder, text, family, clip_skip,
+                          EncoderEmbeddings(embeddings, role, width))
         outs.append(enc.embeds)
         if enc.pooled is not None:
             pooled = enc.pooled  # SDXL: the last encoder's (text_encoder_2) pooled output

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nodes.lib import rng
-from nodes.lib.denoise import ImageConditioning
+from nodes.lib.denoise import ImageConditioning, Step
 from nodes.lib.previews import latent_to_rgb
 from nodes.lib.schedules import SchedulerSpec, plan
 
@@ -93,6 +93,10 @@ def sample(denoiser: Any, spec: SchedulerSpec, noise: rng.Noise | None,
 
     ref = noise if noise is not None else init
     batch = ref.shape[0]
+    check = getattr(denoiser, "check_latents", None)
+    problem = check(tuple(ref.shape)) if check is not None else None
+    if problem:  # e.g. a ControlNet's control image of another size: before any step runs
+        raise SamplerInputError("denoiser", problem)
     if noise is not None:
         noise = noise.to(device, torch.float32)
     if init is not None:
@@ -135,7 +139,7 @@ def sample(denoiser: Any, spec: SchedulerSpec, noise: rng.Noise | None,
     for i, t in enumerate(timesteps):
         hooks.check_cancelled()
         x_in = sched.scale_model_input(latents, t)
-        pred = denoiser(x_in, t, image_cond)
+        pred = denoiser(x_in, t, image_cond, step=Step(i, n))
         latents = sched.step(pred, t, latents, **kwargs, return_dict=False)[0]
         if blend:
             known = init

@@ -11,7 +11,8 @@ unicode, NULs, lone surrogates, 1 MB prompts, absurd image sizes, hostile paths 
 a FIFO, a symlink loop, a 300-byte name, a big folder, malformed model folders), deleted and added
 keys, broken links, unknown node types; sometimes with `--set` overrides and a hostile output
 folder; sometimes the workflow path itself is hostile (a FIFO, /dev/zero, a folder, a symlink
-loop, a NUL); sometimes embedded in a crafted PNG (tEXt / zTXt / iTXt, truncated, cut, random bytes).
+loop, a NUL); sometimes embedded in a crafted PNG (tEXt / zTXt / iTXt, truncated, cut,
+random bytes).
 
 The item goes through `main.main(["run", FILE, ...])` exactly as the command line does (load,
 overrides, validation, the pre-run checks of `Executor.submit`), except that the executor's

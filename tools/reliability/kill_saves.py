@@ -271,6 +271,66 @@ def check_concurrent(folder: Path, reports: list[dict]) -> dict:
 # the report -------------------------------------------------------------------------------------
 
 
+def run_all(kills: int, writers: int, seed: int, base: Path) -> dict:
+    """The kill -9 loops (images, workflows), the next start, and the concurrent writers, in
+    folders under `base`. Returns everything `tables` and `passed` need."""
+    rng = random.Random(seed)
+    base.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    images = kill_loop("images", base / "out", kills, rng)
+    workflows = kill_loop("workflows", base / "workflows", kills, rng)
+    start = next_start(base / "out", base / "workflows")
+    left_images = len(temp_files(base / "out"))
+    left_workflows = len(temp_files(base / "workflows"))
+    many = concurrent_writers(base / "many", writers)
+    return {"seed": seed, "kills": kills, "writers": writers, "images": images,
+            "workflows": workflows, "start_returncode": start.returncode,
+            "left_images": left_images, "left_workflows": left_workflows, "many": many,
+            "seconds": time.monotonic() - t0}
+
+
+def problems(res: dict) -> list[str]:
+    return (res["images"]["partial"] + res["workflows"]["partial"] + res["many"]["wrong"]
+            + res["images"]["others"] + res["workflows"]["others"])
+
+
+def passed(res: dict) -> bool:
+    many, n = res["many"], 2 * res["writers"]
+    return (not problems(res) and res["left_images"] == 0 and res["left_workflows"] == 0
+            and res["start_returncode"] == 2
+            and many["texts"] == many["reported_texts"] == n
+            and many["pngs"] == many["reported_pngs"] == n and many["temps"] == 0)
+
+
+def kill_table(res: dict) -> str:
+    images, workflows = res["images"], res["workflows"]
+    rows = [
+        ("kill -9 during image saves", images["kills"], images["mid_write"],
+         f"{images['finals']} PNGs", len(images["partial"]), images["temps_before"],
+         res["left_images"]),
+        ("kill -9 during workflow saves", workflows["kills"], workflows["mid_write"],
+         "1 workflow (replaced)", len(workflows["partial"]), workflows["temps_before"],
+         res["left_workflows"]),
+    ]
+    lines = ["| check | kills | kills that left a temp file (mid-write) | files under final names "
+             "| partial files under final names | temp files before next start "
+             "| temp files after next start |", "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def writers_table(res: dict) -> str:
+    many, n, w = res["many"], 2 * res["writers"], res["writers"]
+    return "\n".join([
+        f"| concurrent writers ({w} processes + {w} threads) "
+        "| reported | distinct | on disk | wrong content | temp files |",
+        "|---|---|---|---|---|---|",
+        f"| Save Text (.txt) | {n} | {many['reported_texts']} | {many['texts']} "
+        f"| {sum('.txt' in x for x in many['wrong'])} | {many['temps']} |",
+        f"| Save Image writer (.png) | {n} | {many['reported_pngs']} | {many['pngs']} "
+        f"| {sum('.png' in x for x in many['wrong'])} | {many['temps']} |"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=50, help="kills per kind (default 50)")
@@ -279,48 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     args = ap.parse_args(argv)
-    rng = random.Random(args.seed)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="loom-kill-"))
-    base.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    images = kill_loop("images", base / "out", args.kills, rng)
-    workflows = kill_loop("workflows", base / "workflows", args.kills, rng)
-    start = next_start(base / "out", base / "workflows")
-    left_images = len(temp_files(base / "out"))
-    left_workflows = len(temp_files(base / "workflows"))
-    many = concurrent_writers(base / "many", args.writers)
-    elapsed = time.monotonic() - t0
-
-    rows = [
-        ("kill -9 during image saves", images["kills"], images["mid_write"],
-         f"{images['finals']} PNGs", len(images["partial"]), images["temps_before"],
-         left_images),
-        ("kill -9 during workflow saves", workflows["kills"], workflows["mid_write"],
-         "1 workflow (replaced)", len(workflows["partial"]), workflows["temps_before"],
-         left_workflows),
-    ]
-    print(f"Loom kill -9 check (seed {args.seed}, {elapsed:.0f} s, folder {base})\n")
-    print("| check | kills | kills that left a temp file (mid-write) | files under final names "
-          "| partial files under final names | temp files before next start "
-          "| temp files after next start |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
-    n = 2 * args.writers
-    print(f"\n| concurrent writers ({args.writers} processes + {args.writers} threads) "
-          "| reported | distinct | on disk | wrong content | temp files |")
-    print("|---|---|---|---|---|---|")
-    print(f"| Save Text (.txt) | {n} | {many['reported_texts']} | {many['texts']} "
-          f"| {sum('.txt' in w for w in many['wrong'])} | {many['temps']} |")
-    print(f"| Save Image writer (.png) | {n} | {many['reported_pngs']} | {many['pngs']} "
-          f"| {sum('.png' in w for w in many['wrong'])} | {many['temps']} |")
-    problems = (images["partial"] + workflows["partial"] + many["wrong"]
-                + images["others"] + workflows["others"])
-    for p in problems:
+    res = run_all(args.kills, args.writers, args.seed, base)
+    print(f"Loom kill -9 check (seed {args.seed}, {res['seconds']:.0f} s, folder {base})\n")
+    print(kill_table(res))
+    print()
+    print(writers_table(res))
+    for p in problems(res):
         print(f"- {p}")
-    ok = (not problems and left_images == 0 and left_workflows == 0 and start.returncode == 2
-          and many["texts"] == many["reported_texts"] == n
-          and many["pngs"] == many["reported_pngs"] == n and many["temps"] == 0)
+    ok = passed(res)
     print(f"\n{'PASS' if ok else 'FAIL'}")
     if ok and not args.keep:
         shutil.rmtree(base, ignore_errors=True)
