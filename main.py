@@ -7,6 +7,8 @@
     python main.py batch [WORKFLOW] --sweep ID.INPUT=VALUES ... --out DIR [--zip A,B]
                          [--set ID.INPUT=VALUE ...] [--ray [ADDRESS]] [--workers N] [--resume]
     python main.py nodes [--json]       list the node catalogue (by package) and plugin errors
+    python main.py models [--kind K] [--json]
+                                        list the model library's files with their families
     python main.py import-comfy FILE -o WORKFLOW.json [--comfy-root DIR]
                                         convert a ComfyUI workflow (.json or .png)
     python main.py --safe ...           built-in nodes only (no plugins, no user nodes folder)
@@ -99,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         session = Session(_registry())
         graph = session.load(path, check=False)
         check_known_types(graph, session.registry)  # before overrides, outputs or values
+        for note in graph.ui.get("_relinked") or ():  # model files found elsewhere (library)
+            print(f"warning: {note}", file=sys.stderr)
         apply_overrides(graph, session.registry, args.set or [])
         for warning in ignored_values(graph, session.registry, args.set or []):
             print(f"warning: {warning}", file=sys.stderr)
@@ -199,20 +203,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
         previous = None
     progress = BatchProgress(batch.total, batch.done_before)
     tty = sys.stderr.isatty()
+    clear = "\r\033[K" if tty else ""  # the progress line, on a terminal
     shown = 0.0
     error = None
     try:
         for r in batch:
             progress.add(r)
+            if tty and r.files:
+                sys.stderr.write(clear)
+                sys.stderr.flush()
             for f in r.files:
-                print(Path(args.out) / f)
+                print(Path(args.out) / f, flush=tty)
             if not r.ok:
                 values = ", ".join(f"{k}={v!r}" for k, v in r.values.items())
-                print(f"{chr(13) if tty else ''}error: item {r.index} ({values}): {r.error}",
+                print(f"{clear}error: item {r.index} ({values}): {r.error}",
                       file=sys.stderr)
             now = time.monotonic()
             if tty:
-                sys.stderr.write("\r\033[K" + progress.line())
+                sys.stderr.write(clear + progress.line())
                 sys.stderr.flush()
             elif now - shown >= 1.0 or progress.remaining == 0:
                 shown = now
@@ -310,7 +318,8 @@ def cmd_import_comfy(args: argparse.Namespace) -> int:
 
     try:
         registry = _registry()
-        options = ImportOptions(args.comfy_root, args.inpaint_model)
+        options = ImportOptions(args.comfy_root, base_dir=str(Path(args.output).parent),
+                                inpaint_model=args.inpaint_model)
         doc, report = import_file(args.file, registry, options)
         graph = graph_from_document(doc, registry, str(args.file), check=False)
         save_workflow(graph, args.output)
@@ -327,6 +336,14 @@ def cmd_import_comfy(args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
     print(args.output)
     return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The model library's files by kind, with the family read from each file's header."""
+    import nodes  # noqa: F401  (registers how to read a model file's family)
+    from engine.library import models_command
+
+    return models_command(args.kind, args.json)
 
 
 def cmd_editor(args: argparse.Namespace) -> int:
@@ -390,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail a node that changes a value it was given in place")
     nodes = sub.add_parser("nodes", help="list the node catalogue")
     nodes.add_argument("--json", action="store_true")
+    models = sub.add_parser("models", help="list the model library's files and folders")
+    models.add_argument("--kind", choices=("checkpoints", "loras", "embeddings", "controlnet",
+                                           "vae", "upscale_models"))
+    models.add_argument("--json", action="store_true")
     comfy = sub.add_parser("import-comfy", help="convert a ComfyUI workflow to a Loom one")
     comfy.add_argument("file", help="ComfyUI workflow: .json (UI or API format) or a ComfyUI PNG")
     comfy.add_argument("-o", "--output", required=True, metavar="WORKFLOW.json",
@@ -409,17 +430,19 @@ def main(argv: list[str] | None = None) -> int:
     if "--safe" in argv:
         argv.remove("--safe")  # built-in nodes only, for every command (engine.plugins)
         os.environ["LOOM_SAFE"] = "1"
-    if argv and argv[0] in ("run", "batch", "nodes", "import-comfy", "-h", "--help"):
+    if argv and argv[0] in ("run", "batch", "nodes", "models", "import-comfy", "-h", "--help"):
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as exc:
             return EXIT_INVALID if exc.code else EXIT_OK
-        commands = {"run": cmd_run, "batch": cmd_batch, "import-comfy": cmd_import_comfy}
+        commands = {"run": cmd_run, "batch": cmd_batch, "import-comfy": cmd_import_comfy,
+                    "models": cmd_models}
         return commands.get(args.command, cmd_nodes)(args)
     ep = argparse.ArgumentParser(prog="main.py", description="open the Loom editor",
                                  epilog="Subcommands: run (headless render), batch (sweeps), "
-                                        "nodes (catalogue), import-comfy (ComfyUI workflows); "
+                                        "nodes (catalogue), models (model library), import-comfy "
+                                        "(ComfyUI workflows); "
                                         "--safe: built-in nodes only")
     ep.add_argument("file", nargs="?", help="workflow .json or .png to open")
     ep.add_argument("--screenshot", metavar="PATH", help="save a PNG of the window and exit")

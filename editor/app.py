@@ -122,7 +122,7 @@ def main(file: str | None = None, screenshot: str | None = None, session: Any = 
     theme.apply(app)
     window = MainWindow()
     if screenshot:  # the README picture: wide enough for the default workflow at 80 % or more
-        window.resize(1800, 1000)
+        window.resize(1920, 1080)
     status = {"code": 0}
 
     def report_shown() -> None:

@@ -29,6 +29,7 @@ from engine.workflow import (
     graph_from_document,
     graph_to_document,
     parse_document,
+    relinked_files,
     save_workflow,
 )
 
@@ -171,6 +172,7 @@ class Document(QObject):
         # engine.comfy; an import opens untitled (Save asks where: the ComfyUI file stays)
         doc, imported = read_any(p, self.registry)
         graph = graph_from_document(doc, self.registry, str(p), check=False)
+        relinked_files(graph, str(p.resolve().parent))  # model files moved: engine.library
         own = p.suffix.lower() == ".json" and not is_shipped(p) and imported is None
         self.set_graph(graph, p if own else None, source=p)
 

@@ -388,12 +388,17 @@ class FileField(FieldWidget):
         what = "folder" if self.kind == "folder" else "file"
         return [("browse", BUTTON_W, "…", f"choose a {what}")]
 
+    def line(self, rect: QRectF) -> QRectF:
+        """The row with the path and its buttons (the whole field here)."""
+        return rect
+
     def zones(self, rect: QRectF) -> list[Zone]:
-        out, right = [], rect.right()
+        line = self.line(rect)
+        out, right = [], line.right()
         for name, width, _glyph, tip in self.buttons():
-            out.append(Zone(name, QRectF(right - width, rect.y(), width, rect.height()), tip))
+            out.append(Zone(name, QRectF(right - width, line.y(), width, line.height()), tip))
             right -= width
-        out.append(Zone("body", QRectF(rect.x(), rect.y(), right - rect.x(), rect.height())))
+        out.append(Zone("body", QRectF(line.x(), line.y(), right - line.x(), line.height())))
         return out
 
     def shown_value(self) -> str:
@@ -431,37 +436,44 @@ class FolderField(FileField):
 
 
 class ImageField(FileField):
-    """An image file: browse for it, show it in the viewer, paint a mask over it."""
+    """An image file (its node's menu has "Edit mask…": paint a mask over it)."""
 
     kind = "image"
 
-    def actions(self) -> list[Action]:
-        return [*super().actions(),
-                Action("Edit mask…", lambda: self.item.ctl.edit_mask(self.item.node_id,
-                                                                    self.inp))]
-
 
 class MaskField(ImageField):
-    """A mask file, with a Paint button that opens the mask editor."""
+    """A mask file on one line, and under it a full-width "✎ Edit mask…" button that opens the
+    mask editor (the inpainting workflow's main gesture, so it is big)."""
 
     kind = "mask"
-    hint = "Paint: open the mask editor · … to choose a file"
+    hint = "Edit mask…: paint it (white = repaint) · … to choose a file"
 
-    def buttons(self) -> list[tuple[str, float, str, str]]:
-        return [*super().buttons(),
-                ("paint", FM_ROW.horizontalAdvance("✎ Paint") + 14, "✎ Paint",
-                 "paint the mask (white = repaint)")]
+    def height(self) -> float:
+        return 2 * fields.ROW_H
+
+    def line(self, rect: QRectF) -> QRectF:
+        return QRectF(rect.x(), rect.y(), rect.width(), fields.ROW_H - 4)
+
+    def zones(self, rect: QRectF) -> list[Zone]:
+        top = self.line(rect)
+        paint = QRectF(rect.x() + 4, top.bottom() + 2, rect.width() - 8,
+                       rect.bottom() - top.bottom() - 5)
+        return [Zone("paint", paint, "paint the mask (white = repaint)"), *super().zones(rect)]
+
+    def paint_content(self, p: QPainter, rect: QRectF, hover: bool) -> None:
+        super().paint_content(p, rect, hover)
+        r = self.zone_rect(rect, "paint")
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor("#36517a") if hover else QColor("#2f4363"))
+        p.drawRoundedRect(r, 4, 4)
+        p.setPen(theme.TEXT)
+        p.drawText(r, CENTER, "✎  Edit mask…")
 
     def click(self, zone: str, screen_pos: QPointF) -> None:
         if zone == "paint":
             self.item.ctl.edit_mask(self.item.node_id, self.inp)
         else:
             super().click(zone, screen_pos)
-
-    def actions(self) -> list[Action]:
-        out = super().actions()
-        return [a for a in out if a.text != "Edit mask…"] + \
-            [Action("Edit mask…", lambda: self.click("paint", QPointF()))]
 
 
 WIDGETS: dict[str, type[FieldWidget]] = {
@@ -473,7 +485,10 @@ WIDGETS: dict[str, type[FieldWidget]] = {
 
 def widget_for(item: NodeItem, inp: Input) -> FieldWidget:
     """The widget for `inp`, chosen by its declared `widget` (and type, choices)."""
-    return WIDGETS.get(fields.kind_of(inp), FieldWidget)(item, inp)
+    kind = fields.kind_of(inp)
+    if kind == "file" and inp.library:  # a model: editor.model_picker's field
+        kind = "library"
+    return WIDGETS.get(kind, FieldWidget)(item, inp)
 
 
 def clip_lines(text: str, box: QRectF) -> str:
@@ -485,3 +500,7 @@ def clip_lines(text: str, box: QRectF) -> str:
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
         "\n", "<br>")
+
+
+# A path naming a model (Input.library) also lists the model library's files: WIDGETS["library"]
+import editor.model_picker  # noqa: E402,F401

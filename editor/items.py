@@ -463,9 +463,9 @@ class NodeItem(QGraphicsItem):
         title_color = QColor(self.color) if self.color else theme.NODE_TITLE
         border = self._border()
         painter.save()
-        faded = 0.4 if self.mode == "mute" else 0.6 if self.state in ("blocked", "not run") \
-            else 1.0
-        painter.setOpacity(faded)
+        # muted, blocked and not-run nodes are veiled (opaque, so wires do not show through)
+        veil = 150 if self.mode == "mute" else 100 if self.state in ("blocked", "not run") \
+            else 0
         if lod < 0.35:  # far away: blocks only
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(theme.NODE_BODY)
@@ -475,6 +475,10 @@ class NodeItem(QGraphicsItem):
             if self.isSelected():
                 painter.setPen(QPen(theme.SELECTED, 4))
                 painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawRect(body)
+            if veil:
+                painter.setPen(Qt.PenStyle.NoPen)
+                painter.setBrush(QColor(theme.BG.red(), theme.BG.green(), theme.BG.blue(), veil))
                 painter.drawRect(body)
             painter.restore()
             return
@@ -489,10 +493,7 @@ class NodeItem(QGraphicsItem):
             title.addRect(QRectF(0, TITLE_H - RADIUS, self.width, RADIUS))
         painter.setBrush(title_color)
         painter.drawPath(title.simplified())
-        # status dot, progress
-        if self.state is not None:
-            painter.setBrush(theme.STATUS_COLORS.get(self.state, theme.TEXT_DIM))
-            painter.drawEllipse(QPointF(12, TITLE_H / 2), 4, 4)
+        # progress (the state itself is in the badge above the node)
         if self.state == "running":
             painter.setBrush(theme.ACCENT)
             if self.progress is not None and self.progress[0] > 0:
@@ -507,10 +508,9 @@ class NodeItem(QGraphicsItem):
         # the title uses the full width: timings go to the badge above the node
         painter.setFont(_F_TITLE)
         painter.setPen(theme.TEXT)
-        x0 = 22 if self.state is not None else PAD + 2
-        tr = QRectF(x0, 0, self.width - x0 - PAD, TITLE_H)
+        tr = self.title_rect()
         painter.drawText(tr, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-                         _FM_TITLE.elidedText(self.title, Qt.TextElideMode.ElideRight, tr.width()))
+                         self.shown_title())
         if not self.collapsed and lod >= 0.5:
             painter.setFont(_F_ROW)
             for row in self.rows:
@@ -525,6 +525,10 @@ class NodeItem(QGraphicsItem):
         if self.mode == "bypass":
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(theme.BYPASS_TINT)
+            painter.drawRoundedRect(body, RADIUS, RADIUS)
+        if veil:
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QColor(theme.BG.red(), theme.BG.green(), theme.BG.blue(), veil))
             painter.drawRoundedRect(body, RADIUS, RADIUS)
         # border
         painter.setBrush(Qt.BrushStyle.NoBrush)
@@ -547,6 +551,15 @@ class NodeItem(QGraphicsItem):
         painter.restore()
         self._paint_badge(painter)
 
+    def title_rect(self) -> QRectF:
+        """Where the title is written: the title bar's width (the run's timing and state are
+        in the badge above the node, so a long title is not cut when they show)."""
+        return QRectF(PAD + 2, 0, self.width - 2 * PAD - 2, TITLE_H)
+
+    def shown_title(self) -> str:
+        return _FM_TITLE.elidedText(self.title, Qt.TextElideMode.ElideRight,
+                                    self.title_rect().width())
+
     def _border(self) -> tuple[QColor, float, Qt.PenStyle] | None:
         solid = Qt.PenStyle.SolidLine
         if self.state == "error":
@@ -564,17 +577,17 @@ class NodeItem(QGraphicsItem):
         state = self.state
         text = ""
         if state == "running":
-            if self.progress:
-                step, total = self.progress
-                text = f"{'loading ' if self.loads else ''}{step}/{total}"
-            else:
-                text = self.busy_text()
+            if self.progress and not self.loads:
+                text = f"{self.progress[0]}/{self.progress[1]}"
+            else:  # a loader: its parts so far and how long it has been at it
+                text = self.busy_text() + (f" · {self.progress[0]}/{self.progress[1]}"
+                                           if self.progress else "")
         elif state in ("done", "cancelled") and self.elapsed is not None:
             text = _duration(self.elapsed) if state == "done" else \
                 f"cancelled · {_duration(self.elapsed)}"
         elif state == "error":
             text = "failed" + (f" · {_duration(self.elapsed)}" if self.elapsed else "")
-        elif state is not None:
+        elif state is not None and state != "queued":  # queued: the grey dot says it
             text = state
         mode = {"bypass": "bypassed", "mute": "muted"}.get(self.mode or "")
         return " · ".join(t for t in (mode, text) if t)
@@ -584,20 +597,31 @@ class NodeItem(QGraphicsItem):
         return f"{'loading' if self.loads else 'running'}… {since:.0f}s"
 
     def _paint_badge(self, painter: QPainter) -> None:
+        """A small tag above the node's right end: a dot in the state's colour, then what it
+        says (the timing, "blocked", "failed", "muted", ...)."""
         text = self.status_text()
-        if not text:
+        if not text and self.state is None:
             return
         painter.setFont(_F_SMALL)
-        tw = _FM_SMALL.horizontalAdvance(text) + 12
+        dot = 12.0 if self.state is not None else 0.0
+        # room to spare: text drawn at a zoom below 100 % may come out wider than measured
+        tw = (_FM_SMALL.horizontalAdvance(text) * 1.15 + 12 if text else 4) + dot
         r = QRectF(max(0.0, self.width - tw), -BADGE_H - 3, min(tw, self.width), BADGE_H)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(theme.BADGE)
         painter.drawRoundedRect(r, 4, 4)
         color = theme.STATUS_COLORS.get(self.state or "", theme.TEXT_DIM)
-        painter.setPen(color if self.state else theme.TEXT_DIM)
-        painter.drawText(r, Qt.AlignmentFlag.AlignCenter,
-                         _FM_SMALL.elidedText(text, Qt.TextElideMode.ElideRight, r.width() - 6))
+        if dot:
+            painter.setBrush(color)
+            painter.drawEllipse(QPointF(r.x() + 8, r.center().y()), 3.5, 3.5)
+        if text:
+            painter.setPen(color if self.state else theme.TEXT_DIM)
+            tr = r.adjusted(dot + 3, 0, -4, 0)
+            if tw > self.width:  # wider than the node: cut at its end
+                text = _FM_SMALL.elidedText(text, Qt.TextElideMode.ElideRight, tr.width())
+            painter.drawText(tr, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                             text)
 
     def _paint_slot(self, painter: QPainter, row: Row) -> None:
         if row.input is not None:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QTextBrowser,
     QToolButton,
     QVBoxLayout,
@@ -24,7 +25,6 @@ from PySide6.QtWidgets import (
 
 from editor import theme
 from engine.errors import Problem
-
 
 NO_PREVIOUS = ("Nothing to compare yet: Compare shows this image beside the previous run's. "
                "Change something and run again.")
@@ -43,6 +43,7 @@ class ImageCanvas(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self.setToolTip("Wheel: zoom · drag: pan · double-click: fit · right-click: menu")
         self.current: QImage | None = None
         self.previous: QImage | None = None
         self.compare = False
@@ -162,9 +163,11 @@ class ImageViewer(QWidget):
         self.caption.setStyleSheet("color:#8b8f96;")
         bar = QHBoxLayout()
         bar.setContentsMargins(4, 2, 4, 2)
+        bar.setSpacing(1)
 
         def button(text: str, tip: str, slot, checkable: bool = False) -> QToolButton:
             b = QToolButton()
+            b.setStyleSheet("QToolButton { padding: 3px 5px; }")  # the panel may be narrow
             b.setText(text)
             b.setToolTip(tip)
             b.setCheckable(checkable)
@@ -174,14 +177,15 @@ class ImageViewer(QWidget):
 
         self.prev_button = button("◀", "Previous image", lambda: self.step(-1))
         self.next_button = button("▶", "Next image", lambda: self.step(1))
-        button("Fit", "Fit the image in the panel", self.canvas.fit)
-        button("1:1", "Actual size", self.canvas.actual_size)
         self.compare_button = button("Compare", "Compare with the previous run (drag the split)",
                                      self.set_compare, checkable=True)
         self.mask_button = button("Edit mask…", "Paint the workflow's mask over this image",
                                   self.edit_mask_requested.emit)
-        self.save_button = button("Save as…", "Save the image", self.save_as_dialog)
+        self.save_button = button("Save…", "Save the image as…", self.save_as_dialog)
         bar.addStretch(1)
+        self.canvas.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.canvas.customContextMenuRequested.connect(
+            lambda pos: self.build_menu().exec(self.canvas.mapToGlobal(pos)))
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
@@ -189,6 +193,19 @@ class ImageViewer(QWidget):
         lay.addWidget(self.canvas, 1)
         lay.addWidget(self.caption)
         self._refresh()
+
+    def build_menu(self) -> QMenu:
+        """The image's right-click menu: fit (or double-click), actual size, and the bar's
+        commands."""
+        menu = QMenu(self)
+        menu.addAction("Fit\tDouble-click").triggered.connect(self.canvas.fit)
+        menu.addAction("Actual Size (1:1)").triggered.connect(self.canvas.actual_size)
+        menu.addSeparator()
+        for b in (self.compare_button, self.mask_button, self.save_button):
+            act = menu.addAction(b.text())
+            act.setEnabled(b.isEnabled())
+            act.triggered.connect(b.click)
+        return menu
 
     def show_images(self, items: list[Shown]) -> None:
         if not items:

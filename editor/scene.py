@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPen, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -785,15 +785,19 @@ class GraphScene(QGraphicsScene):
                     act.setChecked(a.checked)
                 act.triggered.connect(lambda _c=False, run=a.run: run())
         menu.addSeparator()
-        self._add_shared(menu, "rename", "duplicate", "delete", None, "bypass", "mute",
-                         "collapse")
-        for key, mode in (("bypass", "bypass"), ("mute", "mute")):
-            act = self.actions.get(key)
-            if act is not None:
-                act.setCheckable(True)
-                act.setChecked(item.mode == mode)
-        colours = menu.addMenu("Colour")
+        self._add_shared(menu, "rename", "duplicate", "delete", None)
         ids = self.selected_node_ids() or [item.node_id]
+        for mode, (verb, _) in self.MODES.items():
+            act = menu.addAction(verb)
+            act.setCheckable(True)
+            act.setChecked(item.mode == mode)
+            shared = self.actions.get(mode)
+            if shared is not None:  # shown for the user to learn; the window's runs it
+                act.setShortcuts(shared.shortcuts())
+                act.setToolTip(shared.toolTip())
+            act.triggered.connect(lambda _c=False, m=mode: self.toggle_mode(ids, m))
+        self._add_shared(menu, "collapse")
+        colours = menu.addMenu("Colour")
         for i, c in enumerate(theme.NODE_COLORS):
             act = colours.addAction(_swatch(c), "Default" if i == 0 else c)
             act.triggered.connect(lambda _c=False, c=c, i=i: self.set_color(ids, None if i == 0
@@ -810,7 +814,7 @@ class GraphScene(QGraphicsScene):
         return menu
 
     def node_menu(self, item: NodeItem, screen_pos: QPointF, field: Any = None) -> None:
-        self.build_node_menu(item, field).exec(screen_pos.toPoint())
+        self.build_node_menu(item, field).exec(_point(screen_pos))
 
     def build_edge_menu(self, edge: EdgeItem, scene_pos: QPointF,
                         screen_pos: QPointF | None = None) -> QMenu:
@@ -828,7 +832,8 @@ class GraphScene(QGraphicsScene):
         return menu
 
     def edge_menu(self, edge: EdgeItem, scene_pos: QPointF, screen_pos: QPointF) -> None:
-        self.build_edge_menu(edge, scene_pos, screen_pos).exec(screen_pos.toPoint())
+        self.build_edge_menu(edge, scene_pos, QPointF(_point(screen_pos))).exec(
+            _point(screen_pos))
 
     def build_canvas_menu(self, scene_pos: QPointF, screen_pos: QPointF | None = None) -> QMenu:
         menu = self._menu()
@@ -840,7 +845,7 @@ class GraphScene(QGraphicsScene):
         return menu
 
     def canvas_menu(self, scene_pos: QPointF, screen_pos: QPointF) -> None:
-        self.build_canvas_menu(scene_pos, screen_pos).exec(screen_pos.toPoint())
+        self.build_canvas_menu(scene_pos, QPointF(_point(screen_pos))).exec(_point(screen_pos))
 
     def insert_node_on_edge(self, key: tuple[str, str], type_id: str, pos: QPointF) -> str | None:
         """Put a new node of `type_id` into the wire that feeds `key` (dst, input): the wire's
@@ -883,6 +888,10 @@ class GraphScene(QGraphicsScene):
         for item in (*self.node_items.values(), *self.group_items):
             rect = rect.united(item.sceneBoundingRect())
         return rect
+
+
+def _point(p: QPointF | QPoint) -> QPoint:
+    return p.toPoint() if isinstance(p, QPointF) else QPoint(p)
 
 
 def _swatch(color: str) -> QIcon:

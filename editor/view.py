@@ -91,12 +91,23 @@ class GraphView(QGraphicsView):
                 rect.setTop(items.top() - my)
             if items.bottom() > vis.bottom():
                 rect.setBottom(items.bottom() + my)
-        if rect != self.sceneRect():
-            self._updating_area = True
-            try:
+        # a bar only along an axis with something out of view (an empty bar would take room
+        # and shift the view as it comes and goes)
+        wide = rect.width() > vis.width() + 0.5
+        tall = rect.height() > vis.height() + 0.5
+        self._updating_area = True
+        try:
+            for bar, policy_set, need in (
+                    (self.horizontalScrollBarPolicy(), self.setHorizontalScrollBarPolicy, wide),
+                    (self.verticalScrollBarPolicy(), self.setVerticalScrollBarPolicy, tall)):
+                want = Qt.ScrollBarPolicy.ScrollBarAsNeeded if need \
+                    else Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+                if bar != want:
+                    policy_set(want)
+            if rect != self.sceneRect():
                 self.setSceneRect(rect)
-            finally:
-                self._updating_area = False
+        finally:
+            self._updating_area = False
 
     def centerOn(self, *args) -> None:  # noqa: N802 - Qt's name; never clamped by the area
         self._free()

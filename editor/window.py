@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
         self._run_started: set[str] = set()
         self._run_current: str | None = None
         self._run_marks = False
+        self._cancelling = False
         self._anim = QTimer(self)
         self._anim.setInterval(100)
         self._anim.timeout.connect(self._animate)
@@ -211,10 +212,10 @@ class MainWindow(QMainWindow):
         self.act_save = self._act("&Save", self.save, K.Save,
                                   "Save the workflow (a copy of a bundled one asks where)")
         self.act_save_as = self._act("Save &As…", self.save_as_dialog, K.SaveAs)
-        self.act_quit = self._act("&Quit", self.close, K.Quit)
+        self.act_quit = self._act("&Quit", self.close, "Ctrl+Q")
         self.act_undo = self._act("&Undo", lambda: self.doc and self.doc.undo.undo(), K.Undo)
         self.act_redo = self._act("&Redo", lambda: self.doc and self.doc.undo.redo(),
-                                  [QKeySequence(K.Redo), "Ctrl+Y"])
+                                  ["Ctrl+Shift+Z", "Ctrl+Y"])
         self.act_cut = self._act("Cu&t", self.cut, K.Cut)
         self.act_copy = self._act("&Copy", self.copy, K.Copy)
         self.act_paste = self._act("&Paste", self.paste, K.Paste)
@@ -280,7 +281,8 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&View")
         for a in (self.act_fit, self.act_zoom_in, self.act_zoom_out, self.act_zoom_reset, None,
                   self.act_snap, None, self.viewer_dock.toggleViewAction(),
-                  self.problems_dock.toggleViewAction(), self.history_dock.toggleViewAction()):
+                  self.problems_dock.toggleViewAction(), self.history_dock.toggleViewAction(),
+                  self.plugins_dock.toggleViewAction()):
             m.addSeparator() if a is None else m.addAction(a)
         m = mb.addMenu("&Run")
         for a in (self.act_run, self.act_cancel, None, self.act_clear_cache,
@@ -446,6 +448,9 @@ class MainWindow(QMainWindow):
             self._remember(Path(path))
         note = " — a copy: Loom's own workflows stay as installed, Save asks where" \
             if self.doc.bundled else ""
+        relinked = self.doc.graph.ui.get("_relinked") or ()  # engine.library.relink
+        note += f" — {len(relinked)} model path(s) found elsewhere (see Problems)" \
+            if relinked else ""
         self.say(f"Opened {Path(path).name} — {len(self.doc.graph.nodes)} nodes{note}")
         return True
 
@@ -733,7 +738,9 @@ class MainWindow(QMainWindow):
         if self.doc is None:
             return
         found = find_problems(self.doc.graph, self.session.registry)
-        self.problems.set_validation(found)
+        notes = [p for p in self.doc.graph.ui.get("_relinked") or ()  # model files found
+                 if p.node_id in self.doc.graph.nodes]                # elsewhere: notes only
+        self.problems.set_validation(found + notes)
         self.scene.set_problems(found)
 
     def focus_node(self, node_id: str) -> None:
@@ -770,6 +777,7 @@ class MainWindow(QMainWindow):
         self._run_total, self._run_done, self._run_fraction = 0, set(), 0.0
         self._run_started: set[str] = set()
         self._run_current: str | None = None
+        self._cancelling = False
         self._set_progress(busy=True, text="Starting…")
         self._anim.start()
         self.say("Running…" + "".join(f" — {n}" for n in notes))
@@ -778,6 +786,9 @@ class MainWindow(QMainWindow):
     def cancel(self) -> None:
         if self.runner is not None and self.runner.busy:
             self.runner.cancel()
+            self._cancelling = True
+            self._set_progress(busy=self.progress.maximum() == 0, value=None,
+                               text="Cancelling…")
             self.say("Cancelling after the current step…")
 
     def clear_cache(self) -> None:
@@ -822,8 +833,12 @@ class MainWindow(QMainWindow):
             item = self.scene.node_items.get(nid) if self.scene else None
             if item is not None and item.state == "running":
                 item.update()
-                if item.progress is None and nid == self._run_current:
-                    self.say(f"{item.busy_text()} — {item.title} ({nid})")
+                if nid == self._run_current and (item.progress is None or item.loads):
+                    if self._cancelling:
+                        self.say(f"Cancelling when {item.title} ({nid}) finishes its current "
+                                 f"step… {item.busy_text().split()[-1]}")
+                    else:
+                        self.say(f"{item.status_text()} — {item.title} ({nid})")
 
     def _on_started(self, event) -> None:
         run_nodes = set(event.nodes)
@@ -1012,7 +1027,7 @@ class MainWindow(QMainWindow):
                 keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText)
                                  for k in a.shortcuts()) or hint
                 if keys:
-                    rows.append((section, name.strip(), keys))
+                    rows.append((section, name.strip("▶■ "), keys))
         rows += [("Canvas", name, keys) for name, keys in CANVAS_GESTURES]
         return rows
 
@@ -1038,9 +1053,15 @@ class MainWindow(QMainWindow):
 
         rows = "".join(f"<tr><td>{_html(k)}</td><td>{_html(v)}</td></tr>"
                        for k, v in versions(self.runner.device if self.runner else "auto"))
+        from editor.places import data_dir
+
+        folders = "".join(
+            f"<tr><td>{k}</td><td>{_html(str(v))}</td></tr>"
+            for k, v in (("Images", self.output_dir), ("Workflows", workflows_dir()),
+                         ("Masks, recovery", data_dir())))
         return ("<h3>Loom</h3><p>A node-graph editor for diffusion image generation.</p>"
-                f"<table cellpadding=3>{rows}</table>"
-                f"<p>Images are saved to {_html(str(self.output_dir))}</p>")
+                f"<table cellpadding=3>{rows}</table><h4>Your folders</h4>"
+                f"<table cellpadding=3>{folders}</table>")
 
     def show_about(self) -> QWidget:
         from editor.panels import InfoDialog

@@ -31,6 +31,7 @@ Pure Python: the engine layer imports neither torch nor Qt.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import itertools
 import json
@@ -426,7 +427,7 @@ def render_item(session: Session, base: Graph, item: Item, out_dir: str | os.Pat
             try:
                 result = handle.result(timeout=None if stop is None else 0.1)
                 break
-            except TimeoutError:
+            except concurrent.futures.TimeoutError:  # the builtin one from Python 3.11
                 if stop is not None and stop.hard.is_set():
                     handle.cancel()
     except KeyboardInterrupt:
@@ -476,13 +477,11 @@ class Manifest:
     def open(self) -> Manifest:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "ab+")  # noqa: SIM115 - kept open while the batch runs
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(max(0, size - 65536))
-            tail = f.read()
-            cut = tail.rfind(b"\n")
-            if cut != len(tail) - 1:  # a partial last line (a killed writer): drop it
-                f.truncate(size - len(tail) + cut + 1)
+        f.seek(0)
+        data = f.read()
+        cut = data.rfind(b"\n") + 1
+        if cut != len(data):  # a partial last line (a killed writer): drop it
+            f.truncate(cut)
         self._file = f
         return self
 

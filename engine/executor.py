@@ -294,7 +294,7 @@ class Executor:
                     entry = self.cache.peek(keys[link.node])
                     value = entry.outputs.get(link.output) if entry is not None else None
                     if isinstance(value, str) and value:
-                        parts.append(file_identity(resolve_path(value, options)))
+                        parts.append(file_identity(resolve_path(value, options, inp.library)))
                     elif value is None:
                         parts += ("unresolved", uuid.uuid4().hex)
                 continue
@@ -302,7 +302,7 @@ class Executor:
             constants[name] = value
             parts += (name, "value", value)
             if inp.path and isinstance(value, str) and value:
-                parts.append(file_identity(resolve_path(value, options)))
+                parts.append(file_identity(resolve_path(value, options, inp.library)))
         identity = getattr(spec.cls, "cache_identity", None)
         if identity is not None:  # files the node reads by name (engine.node)
             try:

@@ -99,6 +99,11 @@ class Input:
     file_filter: str | None = None
     path: bool = False
     """The value is a file or folder path: its content identity is folded into the cache key."""
+    library: str | None = None
+    """For a path: the kind of model it names ("checkpoints", "loras", "embeddings",
+    "controlnet", "vae", "upscale_models"): a relative name is also looked up in the model
+    library's folders of that kind (engine.library), the editor offers a list of them, and a
+    saved workflow records the file's name and content hash so it is found on another machine."""
     description: str = ""
     label: str | None = None
     ignored_when: dict[str, Any] | None = None
@@ -185,7 +190,7 @@ class Input:
         d: dict[str, Any] = {"name": self.name, "type": self.type}
         if self.has_default:
             d["default"] = self.default
-        for key in ("min", "max", "step", "widget", "file_filter", "label"):
+        for key in ("min", "max", "step", "widget", "file_filter", "label", "library"):
             v = getattr(self, key)
             if v is not None:
                 d[key] = v
@@ -433,8 +438,9 @@ class PreflightContext:
         base = self.options.get("base_dir")
         return str(base) if base else None
 
-    def resolve(self, value: str) -> Any:
-        """A path input's value resolved as the node's run() will resolve it (a Path)."""
+    def resolve(self, value: str, library: str | None = None) -> Any:
+        """A path input's value resolved as the node's run() will resolve it (a Path); pass
+        the input's `library` kind to look in the model library too."""
         from engine.paths import resolve_path
 
-        return resolve_path(value, self.options)
+        return resolve_path(value, self.options, library)

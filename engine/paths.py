@@ -71,23 +71,18 @@ def path_access_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def resolve_path(value: str, options: dict[str, Any] | None = None) -> Path:
+def resolve_path(value: str, options: dict[str, Any] | None = None,
+                 library: str | None = None) -> Path:
     """Resolve a path from a workflow: absolute as is; a relative one against the workflow's
-    folder (`options["base_dir"]`) first, then the current folder, then the project root (so
-    `resources/...` always finds Loom's bundled files). Returns the first that exists, or the
-    first candidate when none does (so the caller's error names a sensible path). Never raises
-    for odd text (a NUL, a lone surrogate, an over-long name): such a value is returned as a
-    Path unresolved, and `path_problem` says what is wrong with it."""
-    if path_problem(value) is not None:
-        return Path(value)
-    p = Path(os.path.expanduser(value))
-    if p.is_absolute():
-        return p
-    candidates = []
-    base = (options or {}).get("base_dir")
-    if base:
-        candidates.append(Path(base) / p)
-    candidates += [Path.cwd() / p, PROJECT_ROOT / p]
+    folder (`options["base_dir"]`) first, then (for a path input with a `library` kind) the
+    model library's folders of that kind (engine.library), then the current folder, then the
+    project root (so `resources/...` always finds Loom's bundled files). Returns the first
+    that exists, or the first candidate when none does (`where_looked` lists them all for an
+    error message). Never raises for odd text (a NUL, a lone surrogate, an over-long name):
+    such a value is returned as a Path unresolved, and `path_problem` says what is wrong."""
+    candidates = where_looked(value, options, library)
+    if len(candidates) == 1:
+        return candidates[0]
     for c in candidates:
         try:
             if c.exists():
@@ -95,6 +90,45 @@ def resolve_path(value: str, options: dict[str, Any] | None = None) -> Path:
         except (OSError, ValueError):
             continue
     return candidates[0]
+
+
+def where_looked(value: str, options: dict[str, Any] | None = None,
+                 library: str | None = None) -> list[Path]:
+    """Every place `resolve_path` tries for `value`, in order."""
+    if path_problem(value) is not None:
+        return [Path(value)]
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute():
+        return [p]
+    candidates = []
+    base = (options or {}).get("base_dir")
+    if base:
+        candidates.append(Path(base) / p)
+    if library:
+        from engine.library import library_candidates
+
+        candidates += library_candidates(library, value)
+    candidates += [Path.cwd() / p, PROJECT_ROOT / p]
+    unique: list[Path] = []
+    for c in candidates:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def not_found_message(value: str, options: dict[str, Any] | None = None,
+                      library: str | None = None, limit: int = 6) -> str:
+    """"no file or folder ...; looked at: ..." for a path input whose value names nothing,
+    listing where `resolve_path` looked (and, for a library kind, where such files go)."""
+    looked = where_looked(value, options, library)
+    shown_paths = ", ".join(str(c) for c in looked[:limit])
+    if len(looked) > limit:
+        shown_paths += f" and {len(looked) - limit} more"
+    text = f"no file or folder {shown(value)}; looked at: {shown_paths}"
+    if library and not Path(os.path.expanduser(value)).is_absolute():
+        text += (f". Put it in a {library} folder of the model library (`python main.py "
+                 "models` lists them) or give its full path")
+    return text
 
 
 def file_identity(path: Path) -> str:

@@ -158,6 +158,14 @@ def plugin_entry_points(path: list[str] | None = None
     seen: set[str] = set()
     out = []
     for dist in importlib.metadata.distributions(path=path if path is not None else sys.path):
+        # entry_points.txt first: most distributions have none of ours, and reading their
+        # METADATA (for the name) is what costs
+        try:
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        except Exception:  # noqa: BLE001 - a broken distribution is not ours to report
+            continue
+        if not eps:
+            continue
         try:
             name = dist.metadata["Name"]
         except (KeyError, TypeError):
@@ -168,11 +176,9 @@ def plugin_entry_points(path: list[str] | None = None
         if key in seen:
             continue
         seen.add(key)
-        for ep in dist.entry_points:
-            if ep.group == ENTRY_POINT_GROUP:
-                info = PackageInfo(name, dist.version, "plugin",
-                                   f"entry point {ep.name} = {ep.value}")
-                out.append((info, ep))
+        for ep in eps:
+            info = PackageInfo(name, dist.version, "plugin", f"entry point {ep.name} = {ep.value}")
+            out.append((info, ep))
     out.sort(key=lambda pair: (pair[0].name.lower(), pair[1].name))
     return out
 

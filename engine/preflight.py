@@ -19,7 +19,13 @@ from typing import Any
 from engine.errors import NodeInputError, Problem
 from engine.graph import Graph
 from engine.node import PreflightContext
-from engine.paths import path_access_problem, path_problem, resolve_path, shown
+from engine.paths import (
+    not_found_message,
+    path_access_problem,
+    path_problem,
+    resolve_path,
+    shown,
+)
 from engine.registry import Registry
 
 MAX_PREFIX_BYTES = 200
@@ -56,12 +62,18 @@ def preflight_problems(graph: Graph, registry: Registry, nodes: Iterable[str],
         if spec is None:
             continue
         values = node_values(graph, nid, registry)
+        missing: set[str] = set()  # library inputs naming nothing: this message, not the hook's
         for name, inp in spec.inputs.items():
             value = values.get(name)
             if inp.path and isinstance(value, str) and value:
-                why = path_problem(value) or path_access_problem(resolve_path(value, options))
+                resolved = resolve_path(value, options, inp.library)
+                why = path_problem(value) or path_access_problem(resolved)
                 if why is not None:
                     found.append(Problem("bad_path", why, nid, node.type, name))
+                elif inp.library and not _exists(resolved):
+                    missing.add(name)
+                    found.append(Problem("missing_file", not_found_message(
+                        value, options, inp.library), nid, node.type, name))
         hook = getattr(spec.cls, "preflight", None)
         if hook is None:
             continue
@@ -69,15 +81,25 @@ def preflight_problems(graph: Graph, registry: Registry, nodes: Iterable[str],
         try:
             items = list(hook(values, ctx) or ())
         except NodeInputError as exc:
-            found.append(Problem("preflight", _message(exc), nid, node.type, exc.input))
+            if exc.input not in missing:
+                found.append(Problem("preflight", _message(exc), nid, node.type, exc.input))
             continue
         except Exception as exc:  # noqa: BLE001 - a faulty check must not become a traceback
             found.append(Problem("preflight_error", "the pre-run check of this node failed: "
                                  f"{type(exc).__name__}: {_message(exc)}", nid, node.type))
             continue
         for item in items:
-            found.append(_problem(item, nid, node.type))
+            problem = _problem(item, nid, node.type)
+            if problem.input not in missing:
+                found.append(problem)
     return found
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return True  # cannot tell: the node's own check says what is wrong
 
 
 def _message(exc: BaseException) -> str:

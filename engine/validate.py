@@ -121,7 +121,8 @@ def _paths_usable(graph: Graph, registry: Registry) -> Iterable[Problem]:
         for name, inp in (spec.inputs.items() if spec is not None else ()):
             value = n.values.get(name)
             if inp.path and isinstance(value, str) and value and (n.id, name) not in graph.links:
-                why = path_problem(value) or path_access_problem(resolve_path(value))
+                why = path_problem(value) or path_access_problem(
+                    resolve_path(value, None, inp.library))
                 if why is not None:
                     yield Problem("bad_path", why, n.id, n.type, name)
 

@@ -27,6 +27,7 @@ from typing import Any
 from engine.errors import WorkflowError
 from engine.files import write_text_atomic
 from engine.graph import Graph, GraphError
+from engine.library import saved_ui
 from engine.node import parse_semver
 from engine.registry import Registry
 from engine.validate import validate
@@ -393,9 +394,29 @@ def unknown_types(graph: Graph, registry: Registry) -> list[str]:
     return sorted({n.type for n in graph.nodes.values() if registry.get(n.type) is None})
 
 
+RELINKED_UI = "_relinked"
+"""Where a loaded graph lists the library paths `load_workflow` rewrote (engine.library.relink:
+Problems naming node and input; runtime only, not saved)."""
+
+
 def load_workflow(path: str | os.PathLike, registry: Registry, check: bool = True) -> Graph:
-    """Load, migrate and (by default) validate a workflow file (.json, or .png with one)."""
-    return graph_from_document(read_document(path), registry, str(path), check)
+    """Load, migrate and (by default) validate a workflow file (.json, or .png with one).
+    Model paths that are not on this machine are looked up in the model library by name and
+    content (engine.library.relink); what was rewritten is listed in ui["_relinked"]."""
+    graph = graph_from_document(read_document(path), registry, str(path), check)
+    relinked_files(graph, str(Path(path).resolve().parent))
+    return graph
+
+
+def relinked_files(graph: Graph, base_dir: str | None) -> list[Any]:
+    """Relink the graph's missing library files (engine.library.relink) and keep the notes in
+    ui["_relinked"]; returns them."""
+    from engine.library import relink
+
+    notes = relink(graph, {"base_dir": base_dir} if base_dir else {})
+    if notes:
+        graph.ui[RELINKED_UI] = notes
+    return notes
 
 
 # writing ----------------------------------------------------------------------------------------
@@ -414,8 +435,9 @@ def graph_to_document(graph: Graph) -> dict[str, Any]:
         if n.version:
             entry["version"] = n.version
         entry["inputs"] = inputs
-        if n.ui:
-            entry["ui"] = n.ui
+        node_ui = saved_ui(graph, nid)  # with records of its model files (engine.library)
+        if node_ui:
+            entry["ui"] = node_ui
         nodes[nid] = entry
     ui = {k: v for k, v in graph.ui.items() if not (isinstance(k, str) and k.startswith("_"))}
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "nodes": nodes}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from engine.errors import NodeInputError
 from engine.node import Input, Output, RunContext, node
-from engine.paths import resolve_path
+from engine.paths import not_found_message, resolve_path
 from engine.types import BOOLEAN, FLOAT, INT, STRING
 from nodes._types import CONTROL_NET, DENOISER, IMAGE
 from nodes.lib.families import DTYPES
@@ -30,7 +30,9 @@ class LoadControlNet:
     every node that loads the same file."""
 
     path = Input(STRING, default="", path=True, widget="file", file_filter=_WEIGHTS,
-                 description="a ControlNet .safetensors / .pth file or a diffusers folder")
+                 library="controlnet",
+                 description="a ControlNet .safetensors / .pth file or a diffusers folder; a "
+                             "name in the model library's controlnet folders")
     dtype = Input(STRING, default="auto", choices=DTYPES,
                   description="weights precision; 'auto': fp16 on a GPU, fp32 on the CPU")
     config = Input(STRING, default="", path=True, widget="file", optional=True,
@@ -52,7 +54,7 @@ class LoadControlNet:
                              "folder")]
         config = values.get("config")
         config_path = ctx.resolve(config) if isinstance(config, str) and config else None
-        problem = controlnet_problem(ctx.resolve(path), config_path)
+        problem = controlnet_problem(ctx.resolve(path, "controlnet"), config_path)
         return [problem] if problem is not None else None
 
     def run(self, ctx: RunContext):
@@ -62,9 +64,9 @@ class LoadControlNet:
 
         if not self.path:
             raise NodeInputError("path", "choose a ControlNet file or folder")
-        path = resolve_path(self.path, ctx.options)
+        path = resolve_path(self.path, ctx.options, "controlnet")
         if not path.exists():
-            raise NodeInputError("path", f"no file or folder at {path}")
+            raise NodeInputError("path", not_found_message(self.path, ctx.options, "controlnet"))
         config = None
         if self.config:
             from nodes.lib.controlnet_files import config_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.errors import NodeInputError
 from engine.node import Input, Output, RunContext, node
-from engine.paths import resolve_path
+from engine.paths import not_found_message, resolve_path
 from engine.types import STRING
 from nodes._types import CLIP, MODEL, VAE
 from nodes.lib.families import DTYPES, FAMILIES, PREDICTIONS
@@ -27,7 +27,9 @@ class LoadCheckpoint:
 
     path = Input(STRING, default="resources/models/loom-shapes", path=True, widget="file",
                  file_filter="Checkpoints (*.safetensors *.ckpt);;Diffusers folder (*)",
-                 description="a .safetensors checkpoint or a diffusers folder (model_index.json)")
+                 library="checkpoints",
+                 description="a .safetensors checkpoint or a diffusers folder (model_index.json); "
+                             "a name in the model library's checkpoints folders")
     family = Input(STRING, default="auto", choices=FAMILY_CHOICES,
                    description="model family; 'auto' detects it from the weights")
     prediction = Input(STRING, default="auto", choices=PREDICTION_CHOICES,
@@ -53,17 +55,18 @@ class LoadCheckpoint:
             return [("path", "choose a checkpoint: a .safetensors file or a diffusers folder")]
         config = values.get("config")
         config_dir = ctx.resolve(config) if isinstance(config, str) and config else None
-        problem = checkpoint_problem(ctx.resolve(path), config_dir)
+        problem = checkpoint_problem(ctx.resolve(path, "checkpoints"), config_dir)
         return [problem] if problem is not None else None
 
     def run(self, ctx: RunContext):
         from nodes.lib.checkpoints import LOAD_ERRORS, load_checkpoint
         from nodes.lib.model_manager import manager
 
-        path = resolve_path(self.path, ctx.options)
+        path = resolve_path(self.path, ctx.options, "checkpoints")
         if not path.exists():
-            raise NodeInputError("path", f"no file or folder at {path}; expected a .safetensors "
-                                         "checkpoint or a diffusers folder with model_index.json")
+            raise NodeInputError("path", not_found_message(self.path, ctx.options, "checkpoints")
+                                 + "; expected a .safetensors checkpoint or a diffusers folder "
+                                 "with model_index.json")
         config_dir = None
         if self.config:
             config_dir = resolve_path(self.config, ctx.options)
@@ -82,3 +85,76 @@ class LoadCheckpoint:
         info = loaded.info
         ctx.set_ui(family=info.family, prediction_type=info.prediction_type, kind=info.kind)
         return loaded.model, loaded.clip, loaded.vae
+
+
+VAE_FAMILY_CHOICES = ("auto", "sd1", "sdxl")
+
+
+@node("loaders.vae", title="Load VAE", category="loaders", version="1.0.0",
+      outputs=[Output("vae", VAE, "the image autoencoder, for VAE Decode / Encode")])
+class LoadVae:
+    """Load a VAE on its own, to use instead of a checkpoint's (wire it into VAE Decode):
+    a diffusers AutoencoderKL folder, or a single .safetensors / .pt file in the original
+    layout (a whole checkpoint's `first_stage_model.` keys, or bare keys as in
+    sd-vae-ft-mse) or the diffusers one. The model manager keeps it, shared by every node that
+    loads the same file."""
+
+    path = Input(STRING, default="", path=True, widget="file", library="vae",
+                 file_filter="VAE (*.safetensors *.pt *.ckpt *.bin *.pth);;Diffusers folder (*)",
+                 description="a VAE .safetensors / .pt file or a diffusers AutoencoderKL folder; "
+                             "a name in the model library's vae folders")
+    family = Input(STRING, default="auto", choices=VAE_FAMILY_CHOICES,
+                   description="the latent space it is for (scaling factor): sd1 (SD 1.x / "
+                               "2.x) or sdxl; 'auto': a folder's config, else SDXL when the "
+                               "file is a whole SDXL checkpoint or its name says 'xl'")
+    dtype = Input(STRING, default="auto", choices=DTYPE_CHOICES,
+                  description="weights precision; 'auto': fp16 on a GPU, fp32 on the CPU")
+    config = Input(STRING, default="", path=True, widget="file", optional=True,
+                   description="for single files of unusual shape: an AutoencoderKL "
+                               "config.json or its folder (default: Loom's SD / SDXL VAE "
+                               "config, sized from the weights)")
+
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the path holds a VAE (folder config or safetensors header;
+        no weights read, no torch)."""
+        from nodes.lib.model_info import vae_problem
+
+        path = values.get("path")
+        if not isinstance(path, str):
+            return None
+        if not path:
+            return [("path", "choose a VAE: a .safetensors file or a diffusers folder")]
+        config = values.get("config")
+        config_path = ctx.resolve(config) if isinstance(config, str) and config else None
+        problem = vae_problem(ctx.resolve(path, "vae"), config_path)
+        return [problem] if problem is not None else None
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.checkpoints import LOAD_ERRORS
+        from nodes.lib.model_manager import manager
+        from nodes.lib.vae_loader import load_vae
+
+        if not self.path:
+            raise NodeInputError("path", "choose a VAE file or folder")
+        path = resolve_path(self.path, ctx.options, "vae")
+        if not path.exists():
+            raise NodeInputError("path", not_found_message(self.path, ctx.options, "vae"))
+        config = resolve_path(self.config, ctx.options) if self.config else None
+        if config is not None:
+            from nodes.lib.model_info import read_vae_config_file
+
+            try:
+                read_vae_config_file(config)
+            except LOAD_ERRORS as exc:
+                raise NodeInputError("config", str(exc)) from exc
+        budget = ctx.options.get("model_memory_gb")
+        if budget is not None:
+            manager().set_budget(int(float(budget) * 2**30))
+        try:
+            bundle = load_vae(path, family=self.family, dtype=self.dtype, device=ctx.device,
+                              config=config)
+        except LOAD_ERRORS as exc:
+            raise NodeInputError("path", str(exc)) from exc
+        ctx.set_ui(family=bundle.family, scaling_factor=bundle.scaling_factor)
+        return bundle

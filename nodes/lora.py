@@ -27,6 +27,7 @@ class LoadLora:
     model = Input(MODEL)
     clip = Input(CLIP)
     path = Input(STRING, default="", path=True, widget="file", file_filter=LORA_FILES,
+                 library="loras",
                  description="a LoRA file (.safetensors; .pt/.ckpt are read without running "
                              "code, plain tensors only)")
     strength_model = Input(FLOAT, default=1.0, min=-10.0, max=10.0, step=0.05,
@@ -42,7 +43,7 @@ class LoadLora:
             return None
         if not path:
             return [("path", "choose a LoRA file (.safetensors)")]
-        p = ctx.resolve(path)
+        p = ctx.resolve(path, "loras")
         if not p.is_file():
             return [("path", f"no file at {p}; expected a LoRA .safetensors file")]
         if p.suffix.lower() not in _SUFFIXES:
@@ -52,7 +53,7 @@ class LoadLora:
     def run(self, ctx: RunContext):
         from nodes.lib.lora import LoraError, apply_lora
 
-        path = resolve_path(self.path, ctx.options)
+        path = resolve_path(self.path, ctx.options, "loras")
         if not path.is_file():
             raise NodeInputError("path", f"no file at {path}; expected a LoRA .safetensors file")
         try:

@@ -186,12 +186,16 @@ def test_copy_paste_round_trip_keeps_links_values_and_is_one_undo_step(make_wind
     p_a, p_b = g.nodes[a].ui["pos"], g.nodes[b].ui["pos"]
     assert (p_b[0] - p_a[0], p_b[1] - p_a[1]) == (300, 40)
     assert w2.doc.undo.count() == 1
-    # duplicating says so, and offsets the copies by 30 px
+    # duplicating says so, and puts the copies beside the originals, clear of them
     w1.select_all()
     dup = w1.scene.duplicate_selected()
     assert len(dup) == 2 and w1.status_label.text() == "Duplicated 2 nodes"
     new_a = next(i for i in dup if w1.doc.graph.nodes[i].type == "primitive.float")
-    assert w1.doc.graph.nodes[new_a].ui["pos"] == [30, 30]
+    right = max(i.x() + i.width for n, i in w1.scene.node_items.items() if n in (a, b))
+    assert w1.doc.graph.nodes[new_a].ui["pos"] == [right + 40, 0]
+    originals = [w1.scene.node_items[n].sceneBoundingRect() for n in (a, b)]
+    assert not any(w1.scene.node_items[n].sceneBoundingRect().adjusted(12, 22, -12, -6)
+                   .intersects(r) for n in dup for r in originals)
 
 
 def test_read_fragment_matches_opening_the_same_document(registry):

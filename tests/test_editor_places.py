@@ -8,6 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,12 +63,11 @@ def full_window(qtbot, isolated):
         w.runner.handle.result(timeout=30)
 
 
-def test_a_session_changes_nothing_under_resources(full_window, qtbot, isolated):
+def test_bundled_workflows_open_as_copies_saved_elsewhere(full_window, qtbot, isolated):
     from editor.mask_editor import MaskEditor
     from editor.places import data_dir, workflows_dir
     from engine.api import DEFAULT_WORKFLOW
 
-    before = tree_digest(RESOURCES)
     w = full_window
     w.runner.device = "cpu"
     # the start-up workflow opens as an untitled copy of the bundled file
@@ -107,7 +110,86 @@ def test_a_session_changes_nothing_under_resources(full_window, qtbot, isolated)
     assert w._last_result.ok, w._last_result.errors
     assert w._last_result.files and all(Path(f).is_relative_to(isolated / "out")
                                         for f in w._last_result.files)
-    assert tree_digest(RESOURCES) == before
+
+
+SESSION = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from PySide6.QtCore import QPointF
+    from PySide6.QtWidgets import QApplication
+    from engine.api import DEFAULT_WORKFLOW, Session
+    from editor.mask_editor import MaskEditor
+    from editor.window import MainWindow
+
+    app = QApplication([])
+    w = MainWindow(session=Session())
+    w.confirm_close = lambda: "discard"
+    w.choose_save_path = lambda start: None  # Ctrl+S on a bundled copy: asked, cancelled
+    w.runner.device = "cpu"
+    w.show()
+
+    def wait_run():
+        deadline = time.time() + 300
+        while time.time() < deadline and (w.runner.busy or w._last_result is None):
+            app.processEvents()
+            time.sleep(0.01)
+        assert w._last_result is not None and w._last_result.ok, w._last_result
+        w._last_result = None
+
+    for wf in [DEFAULT_WORKFLOW, *sorted((DEFAULT_WORKFLOW.parent / "builtin").glob("*.json"))]:
+        assert w.load_file(wf)
+        noise = w.doc.graph.nodes.get("noise")
+        if noise is not None:
+            w.scene.set_value("noise", "batch", 1)
+        w.save()                      # asks where; cancelled: nothing written
+        w.save_to(wf)                 # the shipped file itself: refused
+        for nid in list(w.doc.graph.nodes):
+            if w.scene.mask_capable(nid):
+                dlg = w.edit_mask_for(nid)
+                dlg.canvas.stroke([QPointF(5, 5), QPointF(30, 30)])
+                dlg.save()
+        w.doc.write_recovery()
+        if wf == DEFAULT_WORKFLOW or wf.stem == "inpaint":
+            assert w.run()
+            wait_run()
+        w.choose_save_path = lambda start: start
+        assert w.save(), w.status_label.text()   # to the user's workflows folder
+        w.choose_save_path = lambda start: None
+    w.doc.discard_recovery()
+    print("SESSION DONE", flush=True)
+""")
+
+
+def test_a_session_changes_nothing_under_resources(tmp_path):
+    """Opening every bundled workflow, editing, Save (asked, cancelled), Save onto the shipped
+    file (refused), painting masks, running, saving copies: Loom's `resources/` is byte for
+    byte what it was. Run in a copy of the install (others may be editing this checkout)."""
+    install = tmp_path / "loom"
+    install.mkdir()
+    for name in ("main.py", "pyproject.toml"):
+        shutil.copy2(ROOT / name, install / name)
+    for name in ("engine", "nodes", "editor", "resources"):
+        shutil.copytree(ROOT / name, install / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    before = tree_digest(install / "resources")
+    home = tmp_path / "home"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(install),
+               HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+               XDG_DATA_HOME=str(home / ".local/share"), LOOM_NO_DIALOGS="1",
+               LOOM_DATA_DIR=str(tmp_path / "data"),
+               LOOM_SETTINGS_FILE=str(tmp_path / "settings.ini"),
+               LOOM_OUTPUT_DIR=str(tmp_path / "out"))
+    env.pop("LOOM_RECOVERY_DIR", None)
+    env.pop("LOOM_WORKFLOWS_DIR", None)
+    r = subprocess.run([sys.executable, "-c", SESSION], cwd=install, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert "SESSION DONE" in r.stdout, r.stdout + r.stderr
+    assert tree_digest(install / "resources") == before
+    # what the session wrote went to the user's folders
+    saved = sorted(p.name for p in (tmp_path / "data" / "workflows").glob("*.json"))
+    assert "default.json" in saved and "inpaint.json" in saved
+    assert list((tmp_path / "data" / "masks").glob("*.png"))
+    assert list((tmp_path / "out").glob("*.png"))
 
 
 def test_saving_elsewhere_keeps_relative_paths_pointing_at_their_files(window, isolated):

@@ -189,6 +189,7 @@ def test_the_editor_never_imports_torch(isolated):
             "from engine.api import Session\n"
             "from editor.window import MainWindow\n"
             "w = MainWindow(session=Session()); w.show(); app.processEvents()\n"
+            "assert 'diffusers' in w.about_text(); w.show_about(); w.show_shortcuts()\n"
             "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
             "print('BAD', bad) if bad else print('OK')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(isolated),

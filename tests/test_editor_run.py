@@ -155,8 +155,13 @@ def test_viewer_compare_toggle(window):
     a.fill(Qt.GlobalColor.red)
     b.fill(Qt.GlobalColor.blue)
     window.viewer.show_images([Shown(a, "first")])
-    assert not window.viewer.compare_button.isEnabled()
+    # with a single image, Compare says why it cannot compare instead of doing nothing
+    window.viewer.compare_button.setChecked(True)
+    assert not window.viewer.compare_button.isChecked() and not window.viewer.canvas.compare
+    assert "Nothing to compare yet" in window.viewer.canvas.note
+    assert "run again" in window.viewer.compare_button.toolTip()
     window.viewer.show_images([Shown(b, "second")])
+    assert window.viewer.canvas.note == ""
     window.viewer.compare_button.setChecked(True)
     assert window.viewer.canvas.compare and window.viewer.canvas.previous is a
     img = window.viewer.canvas.grab().toImage()

@@ -84,6 +84,63 @@ class Fail:
         raise NodeInputError("message", self.message)
 
 
+@node("edtest.maybe_fail", title="Maybe Fails", category="edtest", version="1.0.0",
+      outputs=[Output("image", EDT_IMAGE, "a tiny image, when it does not fail")])
+class MaybeFail:
+    """Fails (naming its input `fail`) while `fail` is on; else gives a 4×4 image."""
+
+    fail = Input("BOOLEAN", default=True, description="fail when on")
+
+    def run(self, ctx: RunContext):
+        import numpy as np
+
+        if self.fail:
+            raise NodeInputError("fail", "told to fail")
+        return np.full((4, 4, 3), 7, np.uint8)
+
+
+@node("edtest.invert", title="Invert Image", category="edtest", version="1.0.0",
+      outputs=[Output("image", EDT_IMAGE, "255 minus the image")])
+class InvertImage:
+    """255 minus the image (something to bypass)."""
+
+    image = Input(EDT_IMAGE, description="the image to invert")
+
+    def run(self, ctx: RunContext):
+        return 255 - self.image
+
+
+@node("edtest.sleepy", title="Load Slowly", category="loaders", version="1.0.0",
+      outputs=[Output("image", EDT_IMAGE)], deterministic=False)
+class Sleepy:
+    """Takes `seconds` without reporting any step (as a model loads), cancellable."""
+
+    seconds = Input("FLOAT", default=1.5, min=0.0, max=30.0)
+
+    def run(self, ctx: RunContext):
+        import numpy as np
+
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            ctx.check_cancelled()
+            time.sleep(0.02)
+        return np.zeros((4, 4, 3), np.uint8)
+
+
+@node("edtest.picture", title="Load Picture", category="edtest", version="1.0.0",
+      outputs=[Output("image", EDT_IMAGE)])
+class Picture:
+    """An image file (a Load Image stand-in: its field is an image path)."""
+
+    image = Input(STRING, default="", widget="image", path=True,
+                  description="the picture to load")
+
+    def run(self, ctx: RunContext):
+        import numpy as np
+
+        return np.zeros((4, 4, 3), np.uint8)
+
+
 def make_registry() -> Registry:
     import sys
 

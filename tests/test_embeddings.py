@@ -240,8 +240,9 @@ def test_lookup_order_subfolders_suffixes_and_case(tmp_path, monkeypatch):
     assert [r.name for r in refs] == ["neon", "moody", "MOODY"]
     assert "".join(p if isinstance(p, str) else "#" for p in pieces) == \
         "x #. and #, #; notmoody"
-    monkeypatch.delenv("LOOM_EMBEDDINGS_DIR")
-    assert embedding_folders({})[-1].parts[-3:] == ("Loom", "Loom", "embeddings")
+    monkeypatch.delenv("LOOM_EMBEDDINGS_DIR")  # then: the model library's (engine.library)
+    monkeypatch.setenv("LOOM_MODELS_DIR", str(tmp_path / "models"))
+    assert embedding_folders({})[-1] == tmp_path / "models" / "embeddings"
 
 
 def test_unknown_embedding_is_a_preflight_problem(sess, sd_folder, tmp_path):
@@ -297,3 +298,38 @@ def test_the_cache_follows_the_embedding_files(sess, sd_folder, tmp_path):
     assert {"pos", "cfg", "sampler", "decode", "save"} <= set(again.ran)
     assert "neg" not in again.ran and "unet" not in again.ran
     assert (again.output("decode", "image") - first.output("decode", "image")).abs().max() > 1e-3
+
+
+def test_example_workflow_runs_with_its_embeddings(sess, sd_folder, tmp_path):
+    """resources/workflows/examples/sd15_embeddings.json names two embeddings (one weighted,
+    one in the negative prompt); with them in the embeddings folder it runs."""
+    path = fx.ROOT / "resources" / "workflows" / "examples" / "sd15_embeddings.json"
+    d = embeddings_dir(tmp_path)
+    lx.write_a1111_pt(d / "flat-style.pt", lx.random_vectors(2, WIDTH, seed=11))
+    lx.write_sdxl_embedding(d / "bad-quality.safetensors", lx.random_vectors(1, WIDTH),
+                            lx.random_vectors(1, 64))  # a pair: SD takes the clip_l width
+    graph = sess.load(path)
+    for target, value in (("checkpoint.path", str(sd_folder)), ("noise.width", 64),
+                          ("noise.height", 64), ("scheduler.steps", 2)):
+        sess.set(graph, target, value)
+    result = sess.run(graph, output_dir=tmp_path / "out", device="cpu",
+                      options={"embeddings_dir": str(d)})
+    assert result.ok, {k: e.message for k, e in result.errors.items()}
+    assert len(result.files) == 1
+
+
+def test_builtin_example_embedding_is_its_words(tmp_path):
+    """resources/workflows/builtin/embedding.json runs with no download: its embedding (next
+    to it, in embeddings/) holds the built-in text encoder's vectors for "red star", so the
+    images are exactly those of the words (the embedding path end to end on a trained model)."""
+    from engine.api import Session
+
+    s = Session()
+    g = s.load(fx.ROOT / "resources" / "workflows" / "builtin" / "embedding.json")
+    g.set_value("noise", "batch", 1)
+    r = s.run(g, output_dir=tmp_path / "a", device="cpu")
+    assert r.ok, r.errors
+    g.set_value("prompt", "text", "a large red star on a white background")
+    words = s.run(g, output_dir=tmp_path / "b", device="cpu")
+    assert words.ok and "prompt" in words.ran
+    assert torch.equal(r.output("decode", "image"), words.output("decode", "image"))

@@ -27,7 +27,8 @@ def _modules_after(code: str) -> dict[str, bool]:
 def test_engine_modules_load_neither_torch_nor_qt() -> None:
     loaded = _modules_after(
         "import engine, engine.api, engine.executor, engine.workflow, engine.validate, "
-        "engine.cache, engine.graph, engine.registry, engine.paths")
+        "engine.cache, engine.graph, engine.registry, engine.paths, engine.plugins, "
+        "engine.comfy")
     assert loaded == dict.fromkeys(HEAVY, False)
 
 

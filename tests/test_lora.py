@@ -361,7 +361,8 @@ def run_errors(sess, tmp_path: Path, nodes: dict) -> dict:
 
 
 def test_loha_is_refused_by_name(sess, sd, tmp_path):
-    errors = run_errors(sess, tmp_path, lora_graph(sd[0], lx.write_loha(tmp_path / "h.safetensors")))
+    loha = lx.write_loha(tmp_path / "h.safetensors")
+    errors = run_errors(sess, tmp_path, lora_graph(sd[0], loha))
     assert "LoHa" in errors["lora"]
 
 
@@ -396,3 +397,36 @@ def test_preflight_names_a_missing_file(sess, sd, tmp_path):
     with pytest.raises(ValidationError) as info:
         sess.run(graph, output_dir=tmp_path / "out", device="cpu")
     assert any(p.node_id == "lora" and p.input == "path" for p in info.value.problems)
+
+
+# ---- the example workflow ------------------------------------------------------------------
+
+
+def test_example_workflow_contract_and_run(sess, sd, files, tmp_path):
+    """resources/workflows/examples/sd15_lora.json keeps the names scripts use (the SD txt2img
+    example's node ids, a Load LoRA node `lora` with path / strength_model / strength_clip
+    between `checkpoint` and the rest) and runs once its paths point at models."""
+    import json
+
+    path = fx.ROOT / "resources" / "workflows" / "examples" / "sd15_lora.json"
+    n = json.loads(path.read_text())["nodes"]
+    txt2img = json.loads((path.parent / "sd15_txt2img.json").read_text())["nodes"]
+    assert set(txt2img) | {"lora"} == set(n)
+    lora = n["lora"]
+    assert lora["type"] == "loaders.lora"
+    assert {"path", "strength_model", "strength_clip"} <= set(lora["inputs"])
+    assert lora["inputs"]["model"] == {"node": "checkpoint", "output": "model"}
+    assert lora["inputs"]["clip"] == {"node": "checkpoint", "output": "clip"}
+    for nid, node in n.items():  # nothing else takes the checkpoint's model or text encoders
+        if nid != "lora":
+            assert all(not (isinstance(v, dict) and v["node"] == "checkpoint"
+                            and v["output"] in ("model", "clip"))
+                       for v in node["inputs"].values()), nid
+    graph = sess.load(path)
+    for target, value in (("checkpoint.path", str(sd[0])), ("lora.path", str(files["kohya"])),
+                          ("noise.width", 64), ("noise.height", 64), ("scheduler.steps", 2)):
+        sess.set(graph, target, value)
+    result = sess.run(graph, output_dir=tmp_path, device="cpu")
+    assert result.ok, {k: e.message for k, e in result.errors.items()}
+    assert len(result.files) == 1 and Path(result.files[0]).is_file()
+    assert result.ui["lora"]["lora_layers"]["unet"] > 0

@@ -19,8 +19,21 @@ __all__ = ["ImportOptions", "ImportReport", "comfy_format", "convert", "read_com
 
 def import_document(doc: Any, registry: Any = None, options: ImportOptions | None = None,
                     source: str | None = None) -> tuple[dict[str, Any], ImportReport]:
-    """A Loom workflow document (and the import report) for a parsed ComfyUI document."""
-    doc_out, report = convert(read_comfy(doc, source), registry, options)
+    """A Loom workflow document (and the import report) for a parsed ComfyUI document.
+    Relative file names are looked at (for an image's size) in options.base_dir, by default
+    the folder of `source`."""
+    if source and (options is None or options.base_dir is None):
+        from dataclasses import replace
+
+        options = replace(options or ImportOptions(), base_dir=str(Path(source).parent))
+    try:
+        doc_out, report = convert(read_comfy(doc, source), registry, options)
+    except WorkflowError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+            RecursionError) as exc:  # a file of the right shape with odd contents
+        raise WorkflowError(f"cannot read this ComfyUI workflow: {type(exc).__name__}: {exc}",
+                            source) from None
     if source:
         doc_out["ui"]["comfy_import"]["source"] = Path(source).name
         doc_out["ui"].setdefault("title", f"Imported from {Path(source).name}")

@@ -136,6 +136,9 @@ class ImportOptions:
     """ComfyUI's folder: checkpoints in models/checkpoints, LoRAs in models/loras, ControlNets
     in models/controlnet, images in input/. Without it, file names stay as ComfyUI wrote them
     (relative to the workflow's folder in Loom)."""
+    base_dir: str | None = None
+    """The folder relative image names resolve against when the importer reads an image's
+    size (the new workflow's folder; default the current one)."""
     inpaint_model: str = "auto"
     """For VAEEncodeForInpaint: "yes" (the checkpoint is an inpainting model: Loom's Inpaint
     Conditioning), "no" (an ordinary model: the Sampler's mask), "auto" (by the checkpoint's
@@ -146,8 +149,15 @@ class ImportOptions:
         if not self.comfy_root:
             return name
         folder = {"checkpoints": "models/checkpoints", "loras": "models/loras",
-                  "controlnet": "models/controlnet", "input": "input"}[kind]
+                  "controlnet": "models/controlnet", "vae": "models/vae",
+                  "input": "input"}[kind]
         return str(Path(self.comfy_root) / folder / name)
+
+    def local(self, path: str) -> str:
+        """`path` as the importer finds the file now (relative to base_dir)."""
+        if self.base_dir and not Path(path).is_absolute():
+            return str(Path(self.base_dir) / path)
+        return path
 
     def image_path(self, name: str) -> str:
         # "name.png [output]": a file of ComfyUI's output or temp folder
@@ -204,6 +214,27 @@ def maps(*comfy_types: str, needs: tuple[str, ...] = ()) -> Callable[[Mapper], M
     return register
 
 
+NOT_IN_LOOM: dict[str, str] = {
+    "ConditioningSetArea": "Loom's conditioning has no areas (a prompt for one region of the "
+                           "image)",
+    "ConditioningSetAreaPercentage": "Loom's conditioning has no areas",
+    "ConditioningCombine": "Loom's CFG Combine takes one positive conditioning",
+    "ConditioningConcat": "Loom has no conditioning concatenation",
+    "ConditioningAverage": "Loom has no conditioning averaging",
+    "UpscaleModelLoader": "Loom has no ESRGAN-style upscale models (its upscalers are the SD x4 "
+                          "and latent x2 models, and Resample Image)",
+    "ImageUpscaleWithModel": "Loom has no ESRGAN-style upscale models",
+    "LoraLoaderModelOnly": "Loom's Load LoRA applies to a model and its CLIP together",
+    "CLIPTextEncodeSDXL": "not mapped yet (Text Encoder + SDXL Conditioning would express it)",
+    "CLIPTextEncodeSDXLRefiner": "not mapped yet (Text Encoder + SDXL Conditioning would "
+                                 "express it)",
+    "CLIPLoader": "Loom takes the text encoders from a checkpoint",
+    "UNETLoader": "Loom loads whole checkpoints",
+    "KarrasScheduler": "maps only as the sigmas of a custom sampler fed by BasicScheduler",
+    "SplitSigmas": "Loom's Scheduler start/end split the steps instead",
+}
+"""Why some well-known ComfyUI nodes have no mapping (the placeholder says so)."""
+
 SAMPLING_NODES = ("latents.noise", "sampling.scheduler", "sampling.unet_step",
                   "sampling.cfg_combine", "sampling.sampler")
 
@@ -240,6 +271,9 @@ class Converter:
         spec = self.reg.get(type_id) if self.reg is not None else None
         if spec is not None:
             entry["version"] = spec.version
+        for k, v in inputs.items():
+            if not (v is None or isinstance(v, (Port, str, int, float, bool))):
+                raise Unmappable(f"'{k}' is {_short(v)}, not a number, text or true/false")
         entry["inputs"] = {k: (v.link() if isinstance(v, Port) else v)
                            for k, v in inputs.items() if v is not None}
         ui: dict[str, Any] = {}
@@ -276,7 +310,7 @@ class Converter:
         try:
             mapper = MAPPERS.get(cn.type)
             if mapper is None:
-                values = self.placeholder(cn, "no Loom equivalent")
+                values = self.placeholder(cn, NOT_IN_LOOM.get(cn.type, "no Loom equivalent"))
             elif not self.has(*mapper[1]):
                 missing = ", ".join(t for t in mapper[1] if self.reg.get(t) is None)
                 values = self.placeholder(cn, f"this Loom lacks the node types it maps to "
@@ -289,6 +323,11 @@ class Converter:
                 except Unmappable as exc:
                     self._drop(cid)
                     values = self.placeholder(cn, str(exc))
+                except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                        OverflowError, ZeroDivisionError) as exc:  # odd values in the file
+                    self._drop(cid)
+                    values = self.placeholder(cn, f"cannot read its values "
+                                                  f"({type(exc).__name__}: {exc})")
         finally:
             self._stack.pop()
             self._busy.discard(cid)
@@ -419,6 +458,11 @@ class Converter:
         if any("pos" not in n["ui"] for n in self.nodes.values()):
             layout(self.nodes)
         return {"schema_version": 1, "nodes": self.nodes, "ui": ui}
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _describe(value: Any) -> str:
@@ -600,7 +644,7 @@ def image_size(path: str) -> tuple[int, int] | None:
 def _load_image(c: Converter, cn: ComfyNode) -> list[Any]:
     path = c.opts.image_path(c.text(cn, "image"))
     nid = c.add(f"image_{cn.id}", "image.load", {"image": path}, cn)
-    wh = image_size(path)
+    wh = image_size(c.opts.local(path))
     size = (wh[0], wh[1], 1) if wh else None
     return [Port(nid, "image", "IMAGE", size=size), Port(nid, "mask", "MASK", size=size)]
 
@@ -613,7 +657,7 @@ def _load_mask(c: Converter, cn: ComfyNode) -> list[Any]:
         raise Unmappable(f"channel {channel!r}")
     nid = c.add(f"mask_{cn.id}", "image.load_mask",
                 {"image": path, "channel": channel, "invert": False}, cn)
-    wh = image_size(path)
+    wh = image_size(c.opts.local(path))
     return [Port(nid, "mask", "MASK", size=(wh[0], wh[1], 1) if wh else None)]
 
 
@@ -758,6 +802,16 @@ def _lora(c: Converter, cn: ComfyNode) -> list[Any]:
     return [replace(model, node=nid, output="model"), replace(clip, node=nid, output="clip")]
 
 
+@maps("VAELoader", needs=("loaders.vae",))
+def _vae_loader(c: Converter, cn: ComfyNode) -> list[Any]:
+    name = c.text(cn, "vae_name")
+    if name in ("taesd", "taesdxl", "taesd3", "taef1", "pixel_space"):
+        raise Unmappable(f"vae_name {name!r} is one of ComfyUI's built-in decoders, which Loom "
+                         "does not have")
+    nid = c.add(f"vae_{cn.id}", "loaders.vae", {"path": c.opts.path("vae", name)}, cn)
+    return [Port(nid, "vae", "VAE")]
+
+
 @maps("ControlNetLoader", needs=("loaders.controlnet",))
 def _controlnet_loader(c: Converter, cn: ComfyNode) -> list[Any]:
     name = c.text(cn, "control_net_name")
@@ -861,10 +915,18 @@ def _steps_and_strength(steps: int, denoise: float) -> tuple[int, float]:
     steps: total = int(steps / denoise), and strength rounded up at the 4th decimal so that
     int(total * strength) == steps."""
     total = int(steps / denoise)
+    return total, _strength(total, steps)
+
+
+def _strength(total: int, steps: int) -> float:
+    """A strength (4 decimals) with which diffusers' img2img rule runs `steps` of `total`
+    steps: int(total * strength) == steps, float rounding included."""
     strength = min(1.0, math.ceil(steps / total * 10_000) / 10_000)
-    while int(total * strength) > steps:  # float rounding: never one step too many
+    while int(total * strength) > steps:
         strength = round(strength - 1e-4, 4)
-    return total, strength
+    while int(total * strength) < steps and strength < 1.0:
+        strength = min(1.0, round(strength + 1e-4, 4))
+    return strength
 
 
 def _seed(c: Converter, cn: ComfyNode, seed: Any) -> Any:
@@ -940,10 +1002,7 @@ def _sample(c: Converter, cn: ComfyNode, *, model: Port, positive: Port, negativ
         if start_step >= steps:
             raise Unmappable(f"start_at_step {start_step} is not below steps {steps}")
         if add_noise:  # noise added at the starting step: diffusers' img2img strength
-            rest = steps - start_step
-            strength = min(1.0, math.ceil(rest / steps * 10_000) / 10_000)
-            while int(steps * strength) > rest:
-                strength = round(strength - 1e-4, 4)
+            strength = _strength(steps, steps - start_step)
         else:  # continue a latent that is already noisy (a refiner): diffusers' denoising_start
             start = start_step / steps
     if start > 0.0 and end < 1.0 and start >= end:

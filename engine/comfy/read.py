@@ -49,6 +49,7 @@ WIDGETS: dict[str, tuple[str, ...]] = {
     "LoraLoader": ("lora_name", "strength_model", "strength_clip"),
     "LoraLoaderModelOnly": ("lora_name", "strength_model"),
     "ControlNetLoader": ("control_net_name",),
+    "VAELoader": ("vae_name",),
     "ControlNetApply": ("strength",),
     "ControlNetApplyAdvanced": ("strength", "start_percent", "end_percent"),
     "SamplerCustom": ("add_noise", "noise_seed", CONTROL, "cfg"),
@@ -254,7 +255,9 @@ def read_ui(doc: dict[str, Any], source: str | None = None) -> ComfyGraph:
         widgets = n.get("widgets_values")
         if type_ in ("Note", "MarkdownNote"):
             text = _named_widgets(type_, widgets).get("text", "")
-            graph.comments.append({"id": nid, "text": str(text), "pos": _pos(n.get("pos"))})
+            pos = _pos(n.get("pos"))
+            graph.comments.append({"id": nid, "text": str(text),
+                                   "pos": list(pos) if pos else None})
             continue
         if type_ == "PrimitiveNode":
             continue  # a frontend-only widget holder: its value is in the inputs it feeds

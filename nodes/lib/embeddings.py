@@ -8,8 +8,8 @@ embedding file's name, any case). Files: A1111 `.pt` / `.safetensors` (`string_t
 
 Where names are looked up (`embedding_folders`, the one place to point elsewhere): the workflow's
 folder's `embeddings/`, then the folders in LOOM_EMBEDDINGS_DIR (os.pathsep-separated) or, when
-it is not set, `embeddings/` in Loom's user data folder; a run option `embeddings_dir` comes
-first. A name may hold a subfolder (`embedding:styles/ink`) and may leave out the suffix.
+it is not set, the model library's embeddings folders (engine.library: `embeddings/` in the
+models folder, ComfyUI's and A1111's); a run option `embeddings_dir` comes first. A name may hold a subfolder (`embedding:styles/ink`) and may leave out the suffix.
 
 The vectors are not added to the tokenizer or the text encoder (both are shared by every graph):
 nodes.lib.prompts puts them into the token-embedding output of the encoder at the positions the
@@ -68,8 +68,10 @@ def embedding_folders(options: dict[str, Any] | None = None) -> list[Path]:
     env = os.environ.get(ENV)
     if env:
         folders += [Path(os.path.expanduser(p)) for p in env.split(os.pathsep) if p]
-    else:
-        folders.append(user_data_dir() / "embeddings")
+    else:  # the model library's embeddings folders (engine.library: models/embeddings, ...)
+        from engine.library import current_library
+
+        folders += current_library().folders("embeddings")
     seen: list[Path] = []
     for f in folders:
         if f not in seen:

@@ -87,6 +87,13 @@ class LoraLayer:
         down = self.down.to(weight.device, torch.float32).flatten(1)
         return (up @ down).reshape(weight.shape)
 
+    def add_to(self, target: torch.Tensor, factor: float) -> None:
+        """target += factor * scale * up @ down, in place (target: an fp32 weight of ours);
+        the factor goes into the small `up` matrix, and the product into target in one pass."""
+        up = self.up.to(target.device, torch.float32).flatten(1) * (factor * self.scale)
+        down = self.down.to(target.device, torch.float32).flatten(1)
+        target.view(target.shape[0], -1).addmm_(up, down)
+
 
 @dataclass(eq=False)
 class LoraFile:
@@ -224,8 +231,12 @@ def _parse_diffusers(state_dict: dict[str, torch.Tensor], metadata: dict[str, st
         comp, module = module_of[id(t)]
         cfg = configs.get(comp) or {}
         for pattern, value in (cfg.get("alpha_pattern") or {}).items():
-            if re.match(rf"(.*\.)?({pattern})$", module):  # PEFT's pattern rule
-                return float(value)
+            try:
+                if re.match(rf"(.*\.)?({pattern})$", module):  # PEFT's pattern rule
+                    return float(value)
+            except re.error as exc:
+                raise LoraError(f"{name}: alpha_pattern {pattern!r} in its {METADATA_KEY} is "
+                                f"not a valid pattern ({exc})") from exc
         value = cfg.get("lora_alpha")
         return None if value is None else float(value)
 
@@ -366,13 +377,12 @@ def patched_copy(base: torch.nn.Module,
     with torch.no_grad():
         for module, items in by_module.items():
             weight = base.get_submodule(module).weight
-            total = None
+            # a new fp32 tensor (never the base's: clone when it already is fp32)
+            new = weight.detach().to(torch.float32, copy=True).contiguous()
             for layer, strength in items:
-                d = layer.delta(weight) * (strength * layer.scale)
-                total = d if total is None else total + d
-            new = (weight.float() + total).to(weight.dtype)  # out of place: base untouched
+                layer.add_to(new, strength)
             patched.get_submodule(module).weight = torch.nn.Parameter(
-                new, requires_grad=weight.requires_grad)
+                new.to(weight.dtype), requires_grad=weight.requires_grad)
     return patched
 
 

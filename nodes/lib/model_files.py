@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from nodes.lib.families import PREDICTIONS
+from nodes.lib.families import FAMILIES, PREDICTIONS
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """A config file is a few KB; anything over this is not one (and is not read into memory)."""
@@ -211,3 +211,40 @@ def checkpoint_problem(path: Path, config_dir: Path | None = None) -> tuple[str,
         except CheckpointError as exc:
             return "config", str(exc)
     return None
+
+
+def folder_family(path: Path, index: dict[str, Any]) -> str:
+    """The family of a diffusers folder from its pipeline class and UNet config. Loom's own
+    models say so in model_index.json ("_loom_family") or a loom.json next to it."""
+    if index.get("_loom_family") in FAMILIES:
+        return index["_loom_family"]
+    loom = path / "loom.json"
+    if loom.is_file():
+        fam = read_json_object(loom).get("family")
+        if fam in FAMILIES:
+            return fam
+    cls = str(index.get("_class_name", ""))
+    unet_cfg_file = path / "unet" / "config.json"
+    unet_cfg = read_json_object(unet_cfg_file) if unet_cfg_file.is_file() else {}
+    in_ch = int(unet_cfg.get("in_channels", 4))
+    cross = unet_cfg.get("cross_attention_dim")
+    sd2 = cross == 1024 or (cross != 768 and bool(unet_cfg.get("use_linear_projection")))
+    if cls == "StableDiffusionLatentUpscalePipeline":
+        return "sd_latent_upscaler"
+    if cls == "StableDiffusionUpscalePipeline" or in_ch == 7:
+        return "sd_x4_upscaler"
+    if cls.startswith("StableDiffusionXL") or unet_cfg.get("addition_embed_type") == "text_time":
+        if in_ch != 4:
+            raise CheckpointError(f"{path}: SDXL with {in_ch} input channels (SDXL inpainting?) "
+                                  "is not supported yet; SDXL base and refiner are")
+        te1 = index.get("text_encoder")
+        return "sdxl" if te1 and te1 != [None, None] else "sdxl_refiner"
+    if in_ch == 9:
+        return "sd2_inpaint" if sd2 else "sd_inpaint"
+    if in_ch == 4 and cls in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                              "StableDiffusionInpaintPipeline", ""):
+        return "sd2" if sd2 else "sd1"
+    if in_ch == 4:
+        return "sd2" if sd2 else "sd1"
+    raise CheckpointError(f"{path}: a {cls or 'diffusers'} folder with a {in_ch}-channel UNet "
+                          "is not a family Loom knows")

@@ -411,6 +411,8 @@ def soak_child(n: int, folder: str) -> dict:
         files += len(result.files)
         if not result.ok:
             errors.append(f"run {i}: " + "; ".join(str(e) for e in result.errors.values()))
+        if (i + 1) % 20 == 0:
+            log(f"soak: {i + 1}/{n} runs, RSS {rss[-1] / 1024:.0f} MiB")
     return {"rss_kb": rss, "times": times, "files": files, "errors": errors[:5],
             "stats": default_budget().stats(), "cache_entries": len(session.cache)}
 
@@ -420,10 +422,10 @@ def check_soak(n: int = 200, warmup: int = 20) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="loom-soak-"))
     try:
         proc = subprocess.run([sys.executable, "-m", "tools.reliability.report", "--soak-child",
-                               str(n), str(tmp)], cwd=ROOT, env=_env(), capture_output=True,
+                               str(n), str(tmp)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                               text=True, errors="replace", timeout=max(600, 30 * n))
-        if proc.returncode != 0:
-            raise RuntimeError(f"the soak process failed: {proc.stderr[-2000:]}")
+        if proc.returncode != 0:  # its stderr went to ours
+            raise RuntimeError(f"the soak process failed (exit {proc.returncode})")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["on_disk"] = len(list(tmp.glob("loom_*.png")))
     finally:
