@@ -10,6 +10,7 @@ window. The search matches every word typed against the name and the family.
 from __future__ import annotations
 
 from pathlib import Path
+
 from PySide6.QtCore import QPointF, Qt, QTimer
 from PySide6.QtWidgets import (
     QDialog,

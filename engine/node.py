@@ -117,6 +117,13 @@ class Input:
             self.choices = tuple(self.choices)
         if self.type not in PRIMITIVES and self.default is REQUIRED and not self.optional:
             self.connection_only = True
+        if self.library is not None:
+            from engine.library import KINDS
+
+            if self.library not in KINDS:
+                raise ValueError(f"unknown model library kind {self.library!r}; known: "
+                                 f"{', '.join(KINDS)}")
+            self.path = True
 
     @property
     def required(self) -> bool:

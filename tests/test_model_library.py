@@ -50,7 +50,7 @@ def touch(path: Path, data: bytes = b"x") -> Path:
     return path
 
 
-# ---- folders and names ------------------------------------------------------------------------
+# ---- folders and names --------------------------------------------------------------------------
 
 
 def test_default_models_folder_is_in_the_user_data_folder(isolated):
@@ -186,7 +186,7 @@ def test_extra_model_paths_yaml(isolated, monkeypatch):
     assert any("not valid YAML" in w for w in library.warnings)
 
 
-# ---- families from headers ---------------------------------------------------------------------
+# ---- families from headers ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -220,9 +220,11 @@ def make_library(root: Path, checkpoint_files) -> Path:
         "controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3),
         "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (320, 768)})
     write_st(root / "vae" / "sdxl_vae.safetensors", {
-        "decoder.conv_in.weight": (8, 4, 3, 3), "encoder.down.0.block.0.conv1.weight": (8, 3, 3, 3)})
+        "decoder.conv_in.weight": (8, 4, 3, 3),
+        "encoder.down.0.block.0.conv1.weight": (8, 3, 3, 3)})
     write_st(root / "vae" / "ft-mse.safetensors", {
-        "decoder.conv_in.weight": (8, 4, 3, 3), "encoder.down.0.block.0.conv1.weight": (8, 3, 3, 3)})
+        "decoder.conv_in.weight": (8, 4, 3, 3),
+        "encoder.down.0.block.0.conv1.weight": (8, 3, 3, 3)})
     write_st(root / "upscale_models" / "4x-esrgan.safetensors", {
         "conv_first.weight": (4, 3, 3, 3), "body.0.rdb1.conv1.weight": (4, 4, 3, 3)})
     touch(root / "upscale_models" / "old.pth")
@@ -433,7 +435,7 @@ def test_a_missing_library_file_is_one_preflight_problem_listing_where_loom_look
         problems[0].message
 
 
-# ---- the editor's model list ----------------------------------------------------------------------
+# ---- the editor's model list --------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -517,7 +519,7 @@ def test_editor_opening_a_workflow_relinks_and_says_so(editor_window, isolated, 
                for i in range(editor_window.problems.count()))
 
 
-# ---- Load VAE --------------------------------------------------------------------------------------
+# ---- Load VAE -----------------------------------------------------------------------------------
 
 
 def test_vae_config_from_real_size_shapes_is_sds():
@@ -640,7 +642,7 @@ def test_load_vae_errors_name_the_input(vae_setup, tmp_path, monkeypatch):
     assert not result.ok and result.errors["vae"].input == "path"
 
 
-# ---- upscale models -------------------------------------------------------------------------------
+# ---- upscale models -----------------------------------------------------------------------------
 
 
 def test_upscale_models_are_listed_but_not_loaded():

@@ -34,6 +34,9 @@ pytest_plugins = ["tests.test_editor_support"]  # fixtures: make_window, isolate
 def site(tmp_path_factory) -> Path:
     """The example plugin, built from a copy of examples/loom-example-nodes and installed by
     pip (offline, no build isolation, no dependencies) into a fresh target folder."""
+    import setuptools  # the example's build backend, used offline (requirements-dev.txt)
+
+    assert tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1)
     tmp = tmp_path_factory.mktemp("plugin")
     src = tmp / "loom-example-nodes"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("*.egg-info", "build"))

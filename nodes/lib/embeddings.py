@@ -9,7 +9,8 @@ embedding file's name, any case). Files: A1111 `.pt` / `.safetensors` (`string_t
 Where names are looked up (`embedding_folders`, the one place to point elsewhere): the workflow's
 folder's `embeddings/`, then the folders in LOOM_EMBEDDINGS_DIR (os.pathsep-separated) or, when
 it is not set, the model library's embeddings folders (engine.library: `embeddings/` in the
-models folder, ComfyUI's and A1111's); a run option `embeddings_dir` comes first. A name may hold a subfolder (`embedding:styles/ink`) and may leave out the suffix.
+models folder, ComfyUI's and A1111's); a run option `embeddings_dir` comes first. A name may
+hold a subfolder (`embedding:styles/ink`) and may leave out the suffix.
 
 The vectors are not added to the tokenizer or the text encoder (both are shared by every graph):
 nodes.lib.prompts puts them into the token-embedding output of the encoder at the positions the

@@ -87,12 +87,11 @@ class LoraLayer:
         down = self.down.to(weight.device, torch.float32).flatten(1)
         return (up @ down).reshape(weight.shape)
 
-    def add_to(self, target: torch.Tensor, factor: float) -> None:
-        """target += factor * scale * up @ down, in place (target: an fp32 weight of ours);
-        the factor goes into the small `up` matrix, and the product into target in one pass."""
-        up = self.up.to(target.device, torch.float32).flatten(1) * (factor * self.scale)
-        down = self.down.to(target.device, torch.float32).flatten(1)
-        target.view(target.shape[0], -1).addmm_(up, down)
+    def factors(self, device: torch.device, factor: float) -> tuple[torch.Tensor, ...]:
+        """(factor * scale * up, down) as fp32 matrices on `device`: their product is the
+        update; the scale goes into the small `up` so the product is added in one pass."""
+        up = self.up.to(device, torch.float32).flatten(1) * (factor * self.scale)
+        return up, self.down.to(device, torch.float32).flatten(1)
 
 
 @dataclass(eq=False)
@@ -377,12 +376,14 @@ def patched_copy(base: torch.nn.Module,
     with torch.no_grad():
         for module, items in by_module.items():
             weight = base.get_submodule(module).weight
-            # a new fp32 tensor (never the base's: clone when it already is fp32)
-            new = weight.detach().to(torch.float32, copy=True).contiguous()
-            for layer, strength in items:
-                layer.add_to(new, strength)
+            flat = weight.detach().reshape(weight.shape[0], -1).float()
+            # the first update out of place (a new tensor, never the base's own), the others
+            # into it: W is read once and the result written once
+            new = torch.addmm(flat, *items[0][0].factors(weight.device, items[0][1]))
+            for layer, strength in items[1:]:
+                new.addmm_(*layer.factors(weight.device, strength))
             patched.get_submodule(module).weight = torch.nn.Parameter(
-                new.to(weight.dtype), requires_grad=weight.requires_grad)
+                new.reshape(weight.shape).to(weight.dtype), requires_grad=weight.requires_grad)
     return patched
 
 

@@ -110,8 +110,13 @@ def _embedding(path: Path) -> dict[str, str]:
 
 
 def _controlnet(path: Path) -> dict[str, str]:
-    from nodes.lib.controlnet_files import config_family, family_from_shapes, layout_of, locate
-    from nodes.lib.controlnet_files import read_config
+    from nodes.lib.controlnet_files import (
+        config_family,
+        family_from_shapes,
+        layout_of,
+        locate,
+        read_config,
+    )
 
     src = locate(path)
     if src.kind == "folder":
