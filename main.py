@@ -93,6 +93,7 @@ def _refused_by_system(exc: BaseException) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.api import DEFAULT_WORKFLOW, Session, apply_overrides, ignored_values
     from engine.errors import LoomError, ValidationError, WorkflowError
+    from engine.modes import run_plan
     from engine.validate import check_known_types
 
     path = Path(args.workflow) if args.workflow else DEFAULT_WORKFLOW
@@ -106,11 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         apply_overrides(graph, session.registry, args.set or [])
         for warning in ignored_values(graph, session.registry, args.set or []):
             print(f"warning: {warning}", file=sys.stderr)
+        # bypassed and muted nodes (saved by the editor) are honoured here too
+        to_run, outputs, notes = run_plan(graph, session.registry)
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
         printer = _ProgressPrinter()
         handle = session.executor.submit(
-            graph, None, session.options(graph, args.out, args.device,
-                                         {"check_mutations": True} if args.check_inputs
-                                         else None), printer)
+            to_run, outputs, session.options(graph, args.out, args.device,
+                                             {"check_mutations": True} if args.check_inputs
+                                             else None), printer)
     except (ValidationError, WorkflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -37,6 +37,8 @@ BUILTIN = ROOT / "resources" / "models" / "loom-shapes"
 PROMPT = "a yellow star on a blue background"
 SCALE = 5.0
 RESCALE = 0.7   # the built-in model's workflows use guidance rescale (v-prediction, zero SNR)
+DEVICE, DTYPE = "cpu", "fp32"  # --device / --dtype
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SEED = 42
 
 
@@ -83,13 +85,14 @@ def loom_session(model: Path, steps: int, size: int):
                           ("noise.width", size), ("noise.height", size),
                           ("scheduler.name", "euler"), ("scheduler.steps", steps),
                           ("cfg.scale", SCALE), ("cfg.rescale", RESCALE),
+                          ("checkpoint.dtype", DTYPE),
                           ("cfg.start", 0.0), ("cfg.end", 1.0)):
         s.set(g, target, value)
     return s, g
 
 
 def loom_image(s, g):
-    res = s.run(g, outputs=["decode"], device="cpu")
+    res = s.run(g, outputs=["decode"], device=DEVICE)
     if not res.ok:
         raise SystemExit(f"Loom run failed: {res.errors}")
     return res.outputs["decode"]["image"]
@@ -101,8 +104,8 @@ def pipeline(model: Path):
 
     from nodes.lib.schedules import SchedulerSpec
     pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False,
-        local_files_only=True)
+        model, torch_dtype=getattr(torch, _TORCH_DTYPES[DTYPE]), safety_checker=None,
+        requires_safety_checker=False, local_files_only=True).to(DEVICE)
     pipe.scheduler = SchedulerSpec("euler", dict(pipe.scheduler.config), 1).build()
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -120,9 +123,15 @@ def pipeline_image(pipe, steps: int, size: int, seed: int = SEED):
 def peak_rss(which: str, model: Path, steps: int, size: int) -> float:
     """MiB of peak resident memory of a fresh process that renders one image."""
     out = subprocess.run([sys.executable, __file__, "--rss-child", which, "--model", str(model),
-                          "--steps", str(steps), "--size", str(size)],
+                          "--steps", str(steps), "--size", str(size), "--device", DEVICE,
+                          "--dtype", DTYPE, "--scale", str(SCALE), "--rescale", str(RESCALE)],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    PEAK_VRAM[which] = got["peak_vram_mib"]
+    return got["peak_mib"]
+
+
+PEAK_VRAM: dict[str, float] = {}
 
 
 def rss_child(which: str, model: Path, steps: int, size: int) -> None:
@@ -131,17 +140,33 @@ def rss_child(which: str, model: Path, steps: int, size: int) -> None:
         loom_image(s, g)
     else:
         pipeline_image(pipeline(model), steps, size)
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    import torch
+    vram = torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else 0.0
+    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_vram_mib": vram}))
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE, DTYPE, SCALE, RESCALE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, default=BUILTIN)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    p.add_argument("--dtype", default="fp32", choices=sorted(_TORCH_DTYPES))
+    p.add_argument("--scale", type=float, default=SCALE, help="guidance scale")
+    p.add_argument("--rescale", type=float, default=RESCALE, help="guidance rescale")
+    p.add_argument("--sd15-random", type=Path, metavar="DIR",
+                   help="build (once) and use a random-weight SD 1.5-architecture folder here")
     p.add_argument("--rss-child", choices=["loom", "pipeline"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    DEVICE, DTYPE, SCALE, RESCALE = a.device, a.dtype, a.scale, a.rescale
+    if a.sd15_random is not None:
+        from benchmarks.bench_memory import build_sd15
+        if not (a.sd15_random / "unet").is_dir():
+            build_sd15(a.sd15_random)
+        a.model = a.sd15_random
     import torch
     if a.rss_child:
         rss_child(a.rss_child, a.model, a.steps, a.size)
@@ -151,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = pipeline(a.model)
     print(f"model {a.model} | {a.size}x{a.size}, {a.steps} Euler steps, guidance {SCALE} "
           f"(rescale {RESCALE}), "
-          f"CPU fp32, {torch.get_num_threads()} threads")
+          f"{DEVICE} {DTYPE}, {torch.get_num_threads()} threads")
 
     # 1. one image, alternating; Loom's result cache cleared so that every node runs
     loom_image(s, g)
@@ -222,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                    a.steps, a.size)
     print("\n3. peak resident memory of one image in a fresh process")
     print(f"   Loom {lr:.0f} MiB | pipeline {pr:.0f} MiB | ratio {lr / pr:.2f}")
+    if DEVICE == "cuda":
+        lv, pv = PEAK_VRAM["loom"], PEAK_VRAM["pipeline"]
+        print(f"   peak VRAM (torch.cuda.max_memory_allocated): Loom {lv:.0f} MiB | pipeline "
+              f"{pv:.0f} MiB | ratio {lv / pv:.2f}")
     return 0
 
 

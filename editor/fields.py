@@ -1,7 +1,7 @@
-"""How constant inputs are shown and edited on a node: kinds, formatting, stepping, parsing.
+"""The values behind a node's fields: which kind an input is, formatting, stepping, parsing.
 
-Fields are painted by the node item (cheap for big graphs) and edited through short-lived real
-widgets (a line edit, a text box, a menu, a file dialog) only while the user edits them.
+How each kind looks and behaves (its layout, painting, clicks) is its class in
+editor.field_widgets, chosen by `kind_of`.
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ def kind_of(inp: Input) -> str:
 
 def has_field(inp: Input) -> bool:
     return not inp.connection_only and kind_of(inp) != "socket"
-
-
-def row_height(inp: Input) -> float:
-    return MULTILINE_H if kind_of(inp) == "multiline" else ROW_H
 
 
 def label_of(inp: Input) -> str:

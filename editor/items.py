@@ -299,7 +299,7 @@ class NodeItem(QGraphicsItem):
         self._ignored_shown: dict[str, str] = {}
         self.type_title = spec.title if spec else f"{type_id} (unknown)"
         self.title = self.type_title
-        self.mode: str | None = None  # "bypass" or "mute" (editor.modes)
+        self.mode: str | None = None  # "bypass" or "mute" (engine.modes)
         self.rows: list[Row] = []
         self.in_sockets: dict[str, SocketItem] = {}
         self.out_sockets: dict[str, SocketItem] = {}
@@ -320,6 +320,7 @@ class NodeItem(QGraphicsItem):
         self.images: list[QImage] = []
         self.text_result: str | None = None
         self._hover_row: Row | None = None
+        self._hover_zone: str | None = None
         self._press: dict[str, Any] | None = None
         self._editor: QGraphicsProxyWidget | None = None
         self._resizing = False
@@ -772,13 +773,19 @@ class NodeItem(QGraphicsItem):
         row = self.row_at(event.pos())
         if row is not None and row.kind != "field":
             row = None
-        if row is not self._hover_row:
-            self._hover_row = row
+        zone = self.zone_at(row, event.pos()) if self._editable(row) else None
+        if row is not self._hover_row or zone != self._hover_zone:
+            changed_row = row is not self._hover_row
+            self._hover_row, self._hover_zone = row, zone
             if row is not None:
-                self.setToolTip(row.field.tooltip())
+                tip = next((z.tip for z in row.field.zones(self.field_rect(row))
+                            if z.name == zone and z.tip), "")
+                self.setToolTip(row.field.tooltip()
+                                + (f"<br><b>{_esc(tip)}</b>" if tip else ""))
             else:
                 self._refresh_tooltip()
-            self.update()
+            if changed_row:
+                self.update()
         if self.isSelected() and self._in_grip(event.pos()):
             self.setCursor(Qt.CursorShape.SizeHorCursor)
         else:
@@ -786,7 +793,7 @@ class NodeItem(QGraphicsItem):
 
     def hoverLeaveEvent(self, event: QGraphicsSceneHoverEvent) -> None:  # noqa: N802
         if self._hover_row is not None:
-            self._hover_row = None
+            self._hover_row = self._hover_zone = None
             self._refresh_tooltip()
             self.update()
 

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor import theme
-from engine.errors import Problem
+from engine.errors import LoomError, Problem
 
 NO_PREVIOUS = ("Nothing to compare yet: Compare shows this image beside the previous run's. "
                "Change something and run again.")
@@ -155,6 +155,8 @@ class ImageViewer(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self.save_dir: Path | None = None
+        """Where "Save…" starts (the window's output folder)."""
         self.shown: list[Shown] = []
         self.previous: list[Shown] = []
         self.index = 0
@@ -269,9 +271,11 @@ class ImageViewer(QWidget):
         if cur is None:
             raise ValueError("no image to save")
         from editor.document import image_bytes
+        from editor.places import refuse_shipped
         from engine.files import write_atomic
 
         target = Path(path)
+        refuse_shipped(target, "the image")
         if cur.file and Path(cur.file).is_file() and target.suffix.lower() == \
                 Path(cur.file).suffix.lower():
             data = Path(cur.file).read_bytes()
@@ -287,12 +291,13 @@ class ImageViewer(QWidget):
         if cur is None:
             return
         name = Path(cur.file).name if cur.file else "image.png"
-        path, _ = QFileDialog.getSaveFileName(self, "Save image", name,
+        start = self.save_dir / name if self.save_dir is not None else Path(name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", str(start),
                                               "PNG (*.png);;JPEG (*.jpg);;WebP (*.webp)")
         if path:
             try:
                 self.save_as(path)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, LoomError) as exc:
                 self.caption.setText(f"  Could not save: {exc}")
 
 

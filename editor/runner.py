@@ -39,7 +39,7 @@ class RunController(QObject):
     def run(self, graph: Graph, output_dir: str | Path,
             outputs: list[str] | None = None, run_graph: Graph | None = None) -> RunHandle:
         """Validate and submit (raises ValidationError / LoomError before anything runs).
-        `run_graph` (bypassed and muted nodes applied, editor.modes) is what runs; `graph`
+        `run_graph` (bypassed and muted nodes applied, engine.modes) is what runs; `graph`
         is what the written PNGs carry."""
         options = self.session.options(graph, output_dir, self.device)
         self.handle = self.session.executor.submit(run_graph if run_graph is not None

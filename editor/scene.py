@@ -431,6 +431,22 @@ class GraphScene(QGraphicsScene):
         return [name for name, inp in spec.inputs.items()
                 if fields.kind_of(inp) == widget and not self.graph.link(node_id, name)]
 
+    def file_image(self, node_id: str) -> tuple[Any, str] | None:
+        """(QImage, path) of the image or mask file a Load Image / Load Mask node names."""
+        from PySide6.QtGui import QImage
+
+        from engine.paths import resolve_path
+
+        for kind in ("image", "mask"):
+            for name in self._inputs_with_widget(node_id, kind):
+                value = self.graph.nodes[node_id].values.get(name)
+                if isinstance(value, str) and value:
+                    path = resolve_path(value, {"base_dir": str(self.doc.base_dir())})
+                    img = QImage(str(path))
+                    if not img.isNull():
+                        return img, str(path)
+        return None
+
     def mask_capable(self, node_id: str) -> bool:
         """A node "Edit mask…" applies to: one that loads a mask or an image from a file."""
         return bool(self._inputs_with_widget(node_id, "mask")
@@ -803,7 +819,7 @@ class GraphScene(QGraphicsScene):
             act.triggered.connect(lambda _c=False, c=c, i=i: self.set_color(ids, None if i == 0
                                                                               else c))
         menu.addSeparator()
-        if item.images:
+        if item.images or self.file_image(item.node_id) is not None:
             menu.addAction("Show Image in Viewer").triggered.connect(
                 lambda: self.show_in_viewer(item.node_id))
         if self.mask_capable(item.node_id):

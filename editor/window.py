@@ -174,6 +174,7 @@ class MainWindow(QMainWindow):
                          Qt.Orientation.Vertical)
         self.problems.node_clicked.connect(self.focus_node)
         self.viewer.edit_mask_requested.connect(self.edit_mask_from_viewer)
+        self.viewer.save_dir = self.output_dir
         self.problems.count_changed.connect(
             lambda n: self.problems_dock.setWindowTitle(f"Problems ({n})" if n else "Problems"))
 
@@ -251,8 +252,8 @@ class MainWindow(QMainWindow):
                                     "Stop the run after the current step")
         self.act_clear_cache = self._act("Clear &Cache", self.clear_cache, "Ctrl+Shift+Del",
                                          "Forget cached results and loaded models")
-        self.act_output_dir = self._act("&Output Folder…", self.choose_output_dir, None,
-                                        "Where Save Image writes")
+        self.act_output_dir = self._act("&Output Folder…", self.choose_output_dir,
+                                        "Ctrl+Shift+O", "Where Save Image writes")
         self.act_snap = self._act("Snap to &Grid", lambda: None, "Ctrl+Shift+G")
         self.act_snap.setCheckable(True)
         self.act_snap.toggled.connect(lambda on: self.scene and setattr(self.scene,
@@ -278,6 +279,9 @@ class MainWindow(QMainWindow):
                   self.act_select_all, self.act_add, self.act_rename, self.act_collapse,
                   self.act_bypass, self.act_mute, self.act_group, None, self.act_edit_mask):
             m.addSeparator() if a is None else m.addAction(a)
+        for k, dock in enumerate((self.viewer_dock, self.problems_dock, self.history_dock,
+                                  self.plugins_dock), start=1):
+            dock.toggleViewAction().setShortcut(QKeySequence(f"Ctrl+{k}"))  # show/hide panels
         m = mb.addMenu("&View")
         for a in (self.act_fit, self.act_zoom_in, self.act_zoom_out, self.act_zoom_reset, None,
                   self.act_snap, None, self.viewer_dock.toggleViewAction(),
@@ -755,7 +759,7 @@ class MainWindow(QMainWindow):
     def run(self) -> bool:
         if self.runner is None or self.runner.busy:
             return False
-        from editor.modes import run_plan
+        from engine.modes import run_plan
 
         for item in self.scene.node_items.values():
             item.close_editor()
@@ -950,11 +954,20 @@ class MainWindow(QMainWindow):
             self.scene.randomize_after_run()
 
     def show_node_in_viewer(self, node_id: str) -> None:
+        """The node's last results in the viewer, or the image file it loads."""
         item = self.scene.node_items.get(node_id)
-        if item is not None and item.images:
+        if item is None:
+            return
+        if item.images:
             self.viewer.show_images([Shown(q, node_id) for q in item.images])
-            self.viewer_dock.show()
-            self.viewer_dock.raise_()
+        else:
+            found = self.scene.file_image(node_id)
+            if found is None:
+                return
+            img, path = found
+            self.viewer.show_images([Shown(img, f"{node_id} · {Path(path).name}", path)])
+        self.viewer_dock.show()
+        self.viewer_dock.raise_()
 
     # mask editor ---------------------------------------------------------------------------
     def open_mask_editor(self, node_id: str, input: str, reference: Any = None) -> Any:
@@ -1005,6 +1018,7 @@ class MainWindow(QMainWindow):
                                          "stay as shipped: choose another folder.")
             return False
         self.output_dir = Path(folder)
+        self.viewer.save_dir = self.output_dir
         settings().setValue("output_dir", str(self.output_dir))
         self.say(f"Images are saved to {self.output_dir}")
         return True

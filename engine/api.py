@@ -19,6 +19,7 @@ from engine.cache import ResultCache
 from engine.errors import LoomError, Problem, ValidationError
 from engine.executor import Event, Executor, RunResult
 from engine.graph import Graph
+from engine.modes import run_plan
 from engine.node import ignored_inputs
 from engine.paths import PROJECT_ROOT
 from engine.registry import Registry, default_registry
@@ -140,8 +141,12 @@ class Session:
             output_dir: str | os.PathLike = "out", device: str = "auto",
             on_event: Callable[[Event], None] | None = None,
             options: dict[str, Any] | None = None) -> RunResult:
-        return self.executor.run(graph, outputs, self.options(graph, output_dir, device, options),
-                                 on_event)
+        """Run the graph (bypassed and muted nodes applied: engine.modes) and wait."""
+        to_run, wanted, _notes = run_plan(graph, self.registry)
+        if outputs is None:
+            outputs = wanted
+        return self.executor.run(to_run, outputs,
+                                 self.options(graph, output_dir, device, options), on_event)
 
     def batch(self, graph: Graph, sweeps: Any, out: str | os.PathLike = "out", *,
               zip: Iterable[Any] = (), resume: bool = False, ray: bool | str | None = None,

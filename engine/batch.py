@@ -55,7 +55,7 @@ from engine.workflow import graph_to_document
 
 MANIFEST = "manifest.jsonl"
 PLAN_FILE = "batch.json"
-MAX_ITEMS = 1_000_000
+MAX_ITEMS = 100_000
 ITEM_UI_KEY = "batch_item"
 """The graph-level ui key under which an item's PNGs carry its index and swept values."""
 

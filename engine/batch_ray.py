@@ -130,17 +130,18 @@ def write_back(out: Path, rel: str, data: bytes) -> Path:
     return write_atomic(target, data)
 
 
-def runtime_env(user: dict[str, Any] | None = None) -> dict[str, Any]:
+def runtime_env(user: dict[str, Any] | None = None,
+                ships_code: bool = False) -> dict[str, Any]:
     """The workers' Ray runtime env: `user`'s, plus the driver's LOOM_* and Hugging Face
     offline variables, plus PYTHONPATH = the project folder unless Ray ships the code
-    (`working_dir` or `py_modules`)."""
+    (`working_dir` or `py_modules` there, or `ships_code`: in the job's runtime env)."""
     env = dict(user or {})
     env_vars = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}
     for key, value in os.environ.items():
         if key.startswith("LOOM_") or key in FORWARDED_ENV:
             env_vars.setdefault(key, value)
     env_vars.setdefault("HF_HUB_OFFLINE", "1")
-    if "working_dir" not in env and "py_modules" not in env:
+    if not ships_code and "working_dir" not in env and "py_modules" not in env:
         paths = [str(PROJECT_ROOT)] + ([os.environ["PYTHONPATH"]]
                                        if os.environ.get("PYTHONPATH") else [])
         env_vars.setdefault("PYTHONPATH", os.pathsep.join(paths))
@@ -193,14 +194,20 @@ class RayBackend:
         if self.actors and (tuple(modules), device) == (self._modules, self._device):
             return
         self._kill_actors()
+        actor_env = None
         if not ray.is_initialized():
+            # the runtime env goes to the job: Ray uploads a local working_dir only from there
             try:
                 ray.init(address=self.address, include_dashboard=False,
-                         **self.init_options)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise BatchError(f"cannot connect to Ray at {self.address or 'the default'}: "
-                                 f"{exc}") from None
+                         runtime_env=runtime_env(self.user_env), **self.init_options)
+            except (ConnectionError, ValueError, RuntimeError, TypeError) as exc:
+                raise BatchError(f"cannot start Ray ({self.address or 'the default address'})"
+                                 f": {exc}") from None
             self._started_ray = True
+        else:
+            # Ray was started by the caller, with its own job env: ours goes to the workers
+            job = ray.get_runtime_context().runtime_env or {}
+            actor_env = runtime_env(self.user_env, "working_dir" in job or "py_modules" in job)
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         per_gpu = self.worker_gpus
@@ -213,13 +220,24 @@ class RayBackend:
             count = self.workers or (max(1, int(cpus // self.worker_cpus))
                                      if self.worker_cpus > 0 else 1)
         actor_class = ray.remote(LoomWorker)
-        env = runtime_env(self.user_env)
-        self.actors = [
-            actor_class.options(num_cpus=self.worker_cpus, num_gpus=per_gpu,
-                                max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
-                                runtime_env=env).remote(list(modules))
-            for _ in range(count)]
+        options: dict[str, Any] = {"num_cpus": self.worker_cpus, "num_gpus": per_gpu,
+                                   "max_restarts": MAX_RESTARTS,
+                                   "max_task_retries": MAX_TASK_RETRIES}
+        if actor_env is not None:
+            options["runtime_env"] = actor_env
+        try:
+            self.actors = [actor_class.options(**options).remote(list(modules))
+                           for _ in range(count)]
+        except (ValueError, TypeError) as exc:  # e.g. a local working_dir at the actor level
+            raise BatchError(f"cannot create the Ray workers: {exc}") from None
         self.names = [f"ray-{i}" for i in range(count)]
+        try:  # wait until they are up: one that cannot start fails the batch before it begins
+            ray.get([a.info.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as exc:
+            self._kill_actors()
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise BatchError(f"a Ray worker could not start: {lines[-1] if lines else exc}"
+                             ) from None
         self._modules, self._device = tuple(modules), device
 
     def pids(self) -> list[int]:
@@ -277,6 +295,7 @@ class RayBackend:
         busy: list[int] = [0] * len(self.actors)
         inflight: dict[Any, tuple[int, Item]] = {}
         attempts: dict[int, int] = {}
+        lost: Exception | None = None
 
         def next_item(i: int) -> Item | None:
             if queues[i]:
@@ -307,6 +326,7 @@ class RayBackend:
                 try:
                     reply = ray.get(ref)
                 except RayActorError as exc:
+                    lost = exc
                     if isinstance(exc, ActorDiedError):
                         alive[i] = False
                     attempts[item.index] = attempts.get(item.index, 0) + 1
@@ -329,6 +349,6 @@ class RayBackend:
                                 if data is not None else rel for rel, data in reply["files"]]
                 yield result
             if not any(alive) and any(queues):
-                raise BatchError("every Ray worker died; run again with --resume to finish "
-                                 "the batch")
+                raise BatchError(f"every Ray worker died (the last: {lost}); run again with "
+                                 "--resume to finish the batch")
             feed()

@@ -179,3 +179,25 @@ def test_help_and_unknown_subcommand_arguments() -> None:
     assert proc.returncode == 0 and "--set ID.INPUT=VALUE" in proc.stdout
     proc = loom("nodes", "--bogus")
     assert proc.returncode == 2
+
+
+def test_bypassed_and_muted_nodes_saved_by_the_editor_are_honoured_headless(tmp_path):
+    """The editor saves bypass / mute as node ui entries; `main.py run` must run what the
+    editor would: a bypassed Add passes its input through, a muted writer does not write."""
+    nodes = {
+        "c": {"type": "test.const", "inputs": {"value": 5}},
+        "add": {"type": "test.add", "inputs": {"a": _link("c", "value"), "b": 100},
+                "ui": {"mode": "bypass"}},
+        "w": {"type": "test.write", "inputs": {"value": _link("add", "sum"), "name": "w.txt"}},
+        "m": {"type": "test.write", "inputs": {"value": _link("c", "value"), "name": "m.txt"},
+              "ui": {"mode": "mute"}},
+    }
+    out = tmp_path / "out"
+    r = loom("run", str(_workflow(tmp_path, nodes)), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "w.txt").read_text().strip() == "5"  # not 105: the Add was bypassed
+    assert not (out / "m.txt").exists()
+    # all muted: nothing to run, said plainly (exit 2), nothing written
+    nodes["w"]["ui"] = {"mode": "mute"}
+    r = loom("run", str(_workflow(tmp_path, nodes, "all_muted.json")), "--out", str(out))
+    assert r.returncode == 2 and "nothing to run" in r.stderr

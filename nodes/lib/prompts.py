@@ -164,8 +164,10 @@ def tokenize(tokenizer, text: str, embeddings=None) -> TokenChunks:
                 vectors = embeddings.vectors(piece)
                 n = int(vectors.shape[0])
                 if n > per_chunk:
-                    raise ValueError(f"embedding '{piece.name}' has {n} vectors, more than the "
-                                     f"{per_chunk} positions of a chunk")
+                    from nodes.lib.embeddings import EmbeddingError
+
+                    raise EmbeddingError(f"embedding '{piece.name}' has {n} vectors, more than "
+                                         f"the {per_chunk} positions of a chunk")
                 if len(chunks[-1][0]) + n > per_chunk:  # keep an embedding in one chunk
                     chunks.append(([], [], {}))
                 for v in vectors:

@@ -3,7 +3,7 @@ README (`## Reliability`). Progress goes to stderr, the section to stdout.
 
     python -m tools.reliability.report [--quick] [--only absurd,disk,runs,soak,kill,fuzz]
         [--count 10000] [--pngs 500] [--kills 50] [--writers 24] [--runs 24] [--soak 200]
-        [--repeat 3] [--seed 0]
+        [--repeat 3] [--seed 0] [--results FILE.json]
 
 The checks, each with its goal:
 
@@ -27,8 +27,9 @@ The checks, each with its goal:
 - hostile workflows and PNGs (`fuzz`): tools/reliability/fuzz_workflows.py; 0 tracebacks,
   0 hangs, every item refused with exit 2 or valid.
 
---quick is a smoke run of every piece (a minute or two); tests/test_reliability_report.py runs
-some of its pieces.
+--quick is a smoke run of every piece (a few minutes); tests/test_reliability_report.py runs
+some of its pieces. With --results FILE each check's result is kept as soon as it is measured,
+so `--only fuzz --results FILE` re-measures one check and prints the whole section again.
 """
 
 from __future__ import annotations
@@ -533,9 +534,28 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
-def section(results: dict, args: argparse.Namespace, seconds: float) -> str:
-    quick = " (`--quick`: a smoke run, not the measured suite)" if args.quick else ""
+TITLES = {
+    "absurd": ("**Absurd values** are refused before anything runs (the time is the whole "
+               "process, start-up included):", absurd_table),
+    "disk": ("**A full disk**:", disk_table),
+    "runs": ("**Concurrent runs** into one folder (each process 1 CPU thread):", runs_table),
+    "soak": ("**Soak** (RSS from /proc/self/status after each run):", soak_table),
+    "kill": ("**kill -9 during saves** (`tools/reliability/kill_saves.py`; each kill at a random "
+             "moment of a child saving in a loop), then many writers at once:", kill_tables),
+    "fuzz": ("**Hostile workflows and PNGs** through `main.py run` up to the first node "
+             "(`tools/reliability/fuzz_workflows.py`: 1–4 mutations of Loom's own workflows "
+             "each):", fuzz_tables),
+}
+
+
+def section(results: dict, quick: bool = False) -> str:
+    """The README section for `results` ({check: result}, each with "date" and "seconds")."""
+    note = " (`--quick`: a smoke run, not the measured suite)" if quick else ""
     ok = all(r["ok"] for r in results.values())
+    dates = sorted({r.get("date") or datetime.date.today().isoformat()
+                    for r in results.values()}) or [datetime.date.today().isoformat()]
+    seconds = sum(r.get("seconds", 0.0) for r in results.values())
+    took = (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} seconds")
     parts = [
         "## Reliability",
         "",
@@ -543,30 +563,17 @@ def section(results: dict, args: argparse.Namespace, seconds: float) -> str:
         "measured by `python -m tools.reliability.report` (this section is its output; "
         "`--quick` for a smoke run).",
         "",
-        f"Measured {datetime.date.today().isoformat()}{quick} on {machine()}; "
-        + (f"all checks {seconds / 60:.0f} minutes. " if seconds >= 120
-           else f"all checks {seconds:.0f} seconds. ")
-        + f"Overall: {pass_fail(ok)}.",
+        f"Measured {' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}{note} "
+        f"on {machine()}; all checks {took}. Overall: {pass_fail(ok)}.",
     ]
-    if "absurd" in results:
-        parts += ["", "**Absurd values** are refused before anything runs (the time is the "
-                  "whole process, start-up included):", "", absurd_table(results["absurd"])]
-    if "disk" in results:
-        parts += ["", "**A full disk**:", "", disk_table(results["disk"])]
-    if "runs" in results:
-        parts += ["", "**Concurrent runs** into one folder (each process 1 CPU thread):", "",
-                  runs_table(results["runs"])]
-    if "soak" in results:
-        parts += ["", "**Soak** (RSS from /proc/self/status after each run):", "",
-                  soak_table(results["soak"])]
-    if "kill" in results:
-        parts += ["", "**kill -9 during saves** (`tools/reliability/kill_saves.py`; each kill at "
-                  "a random moment of a child saving in a loop), then many writers at once:", "",
-                  kill_tables(results["kill"])]
-    if "fuzz" in results:
-        parts += ["", "**Hostile workflows and PNGs** through `main.py run` up to the first "
-                  "node (`tools/reliability/fuzz_workflows.py`: 1–4 mutations of Loom's own "
-                  "workflows each):", "", fuzz_tables(results["fuzz"])]
+    for name in CHECKS:
+        if name not in results:
+            continue
+        title, table = TITLES[name]
+        r = results[name]
+        body = (f"**FAIL**: the check itself failed: `{_md(r['crashed'])}`" if "crashed" in r
+                else table(r))
+        parts += ["", title, "", body]
     return "\n".join(parts) + "\n"
 
 
@@ -580,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a smoke run: fewer items, kills, runs (a minute or two)")
     ap.add_argument("--only", default=",".join(CHECKS),
                     help=f"comma-separated checks to run (default all: {','.join(CHECKS)})")
+    ap.add_argument("--results", metavar="FILE.json",
+                    help="keep each check's result in FILE as soon as it is measured; checks "
+                         "not run now (see --only) are taken from FILE for the section")
     ap.add_argument("--count", type=int, help="mutated workflows (default 10000; quick 200)")
     ap.add_argument("--pngs", type=int, help="crafted PNGs (default 500; quick 20)")
     ap.add_argument("--kills", type=int, help="kills per kind (default 50; quick 8)")
@@ -602,8 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown checks: {', '.join(sorted(unknown))} (known: {', '.join(CHECKS)})")
 
-    t0 = time.perf_counter()
+    store = Path(args.results) if args.results else None
     results: dict[str, dict] = {}
+    if store is not None and store.exists():
+        results = {k: v for k, v in json.loads(store.read_text(encoding="utf-8")).items()
+                   if k in CHECKS}
     steps = {
         "absurd": lambda: check_absurd(repeat),
         "disk": check_disk,
@@ -613,13 +626,24 @@ def main(argv: list[str] | None = None) -> int:
         "fuzz": lambda: check_fuzz(count, pngs, args.seed),
     }
     for name in CHECKS:
-        if name in only:
-            log(f"{name} ...")
-            t1 = time.perf_counter()
-            results[name] = steps[name]()
-            log(f"{name}: {'PASS' if results[name]['ok'] else 'FAIL'} in "
-                f"{time.perf_counter() - t1:.0f} s")
-    print(section(results, args, time.perf_counter() - t0))
+        if name not in only:
+            continue
+        log(f"{name} ...")
+        t1 = time.perf_counter()
+        try:
+            res = steps[name]()
+        except Exception as exc:  # noqa: BLE001 - one broken check must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            res = {"ok": False, "crashed": _short(f"{type(exc).__name__}: {exc}", 300)}
+        res["seconds"] = time.perf_counter() - t1
+        res["date"] = datetime.date.today().isoformat()
+        results[name] = res
+        log(f"{name}: {'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.0f} s")
+        if store is not None:
+            store.write_text(json.dumps(results, default=str), encoding="utf-8")
+    print(section(results, q))
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 

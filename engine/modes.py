@@ -1,6 +1,7 @@
-"""Bypassed and muted nodes (the node menu, Ctrl+B / Ctrl+M), applied to a copy of the graph
-for a run; the document keeps them as node ui entries ("mode": "bypass" | "mute"), so they are
-saved with the workflow and undone like any edit. Pure engine-API code (no Qt).
+"""Bypassed and muted nodes (the editor's node menu, Ctrl+B / Ctrl+M), applied to a copy of the
+graph for a run; a workflow keeps them as node ui entries ("mode": "bypass" | "mute"), so they
+are saved with it, undone like any edit, and honoured wherever the workflow runs (the editor,
+`main.py run`, `engine.api.Session.run`, batches).
 
 - bypass: the node is left out and what it fed takes the node's matching input instead (the
   first connected input whose source fits, preferring the output's own type): a bypassed
