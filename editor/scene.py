@@ -139,7 +139,9 @@ class GraphScene(QGraphicsScene):
             if item is not None:
                 item.apply_ui(self.graph.nodes[ev.node_id].ui)
                 item.update()
-        if kind != "ui_changed":
+        # a ui change is layout (position, size, colour) except bypass/mute, which change
+        # what runs: that one is an edit of the graph too
+        if kind != "ui_changed" or (isinstance(ev.value, dict) and "mode" in ev.value):
             self.structure_changed.emit()
 
     def _relayout(self, node_id: str) -> None:

@@ -24,6 +24,7 @@ from engine import integrity
 from engine.cache import ResultCache
 from engine.errors import Cancelled, LoomError, NodeError, NodeInputError, Problem, ValidationError
 from engine.graph import Graph, Link
+from engine.memory import release_freed_memory
 from engine.node import Input, NodeSpec, PreflightContext, RunContext
 from engine.paths import file_identity, resolve_path
 from engine.registry import Registry
@@ -325,8 +326,11 @@ class Executor:
              ins: dict[str, dict[str, Link]] | None = None) -> RunResult:
         # what this run uses (cached results, loaded models) is not evicted while it runs
         with self.cache.memory.run():
-            return self._run_graph(run_id, graph, targets, needed, options, on_event, cancel,
-                                   ins)
+            result = self._run_graph(run_id, graph, targets, needed, options, on_event, cancel,
+                                     ins)
+        if result.ran:  # the pages its temporaries freed go back (engine.memory)
+            release_freed_memory()
+        return result
 
     def _run_graph(self, run_id: int, graph: Graph, targets: list[str], needed: set[str],
                    options: dict[str, Any], on_event: Callable[[Event], None] | None,

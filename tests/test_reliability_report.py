@@ -4,6 +4,7 @@ Behaviour only (exit codes, files, messages), never timing."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -112,7 +113,9 @@ def test_images_saved_before_a_write_fails_are_still_reported(tmp_path, monkeypa
         return real(folder, prefix, suffix, data)
 
     monkeypatch.setattr(files, "write_numbered", fills_up)
-    result = Executor(registry).run(g, None, {"output_dir": str(tmp_path)})
+    workflow = json.dumps({"schema_version": 1, "nodes": {}})
+    result = Executor(registry).run(g, None, {"output_dir": str(tmp_path),
+                                              "workflow_json": workflow})
     assert not result.ok and "disk is full" in str(result.errors["save"])
     assert "full_00003.png" in str(result.errors["save"])
     written = sorted(str(p) for p in tmp_path.glob("full_*.png"))

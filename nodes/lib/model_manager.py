@@ -12,7 +12,6 @@ results hold `ModelHandle`s, not weights, so what the manager evicts is really f
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -212,26 +211,14 @@ def _free_memory() -> None:
         mps.empty_cache()
 
 
-_LIBC: Any = None
-
-
 def _trim_heap() -> None:
     """Give freed heap memory back to the system (glibc's malloc_trim). Most of a model's
     tensors are under glibc's mmap threshold (which grows to 32 MB after the first large free),
     so they live in the heap, and without this the process keeps an evicted model's pages:
     three SD-size checkpoints in turn left resident memory at 1.47 x one model's, not 1.0."""
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        if _LIBC is None:
-            import ctypes
-            import ctypes.util
+    from engine.memory import release_freed_memory
 
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _LIBC.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to trim with
-        _LIBC = False
+    release_freed_memory()
 
 
 _MANAGER: ModelManager | None = None
