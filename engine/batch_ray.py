@@ -67,12 +67,19 @@ class LoomWorker:
 
     def __init__(self, modules: list[str]):
         from engine.api import Session
-        from engine.registry import default_registry
+        from engine.plugins import load_registry
 
-        registry = default_registry()
-        for name in modules:  # node modules the driver's registry had beyond Loom's own
-            if name.split(".")[0] != "nodes":
-                registry.register_module(importlib.import_module(name))
+        # what the driver starts with: built-in nodes, plugins' entry points and the user's
+        # nodes folder (the LOOM_* variables travel to the workers), then any other module the
+        # driver's registry had
+        registry = load_registry()
+        known = {spec.cls.__module__ for spec in registry}
+        for name in modules:
+            if name.split(".")[0] != "nodes" and name not in known:
+                try:
+                    registry.register_module(importlib.import_module(name))
+                except ImportError:
+                    pass  # a user-folder module, loaded by load_registry from its file
         self.session = Session(registry)
         self._graphs: dict[str, Any] = {}
 

@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LoomError, Problem
+from engine.paths import DATA_DIR_ENV, user_data_dir
 
 KINDS = ("checkpoints", "loras", "embeddings", "controlnet", "vae", "upscale_models")
 ENV_MODELS = "LOOM_MODELS_DIR"
 ENV_EXTRA = "LOOM_EXTRA_MODEL_PATHS"
-ENV_DATA = "LOOM_DATA_DIR"
+ENV_DATA = DATA_DIR_ENV
 SETTINGS_FILE = "settings.json"
 RECORD_UI = "library"
 """The key of a node's `ui` holding the records of its library files, by input name."""
@@ -97,19 +98,9 @@ class LibraryError(LoomError):
 
 
 def data_dir() -> Path:
-    """Loom's per-user data folder: $LOOM_DATA_DIR, else where Qt's AppDataLocation puts it for
-    the editor (organisation and application "Loom"), worked out here without Qt."""
-    env = os.environ.get(ENV_DATA)
-    if env:
-        return Path(os.path.expanduser(env))
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "Loom" / "Loom"
+    """Loom's per-user data folder (engine.paths.user_data_dir: $LOOM_DATA_DIR, else the folder
+    Qt's AppDataLocation gives the editor)."""
+    return user_data_dir()
 
 
 def settings_path() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,26 @@ MAX_PATH_BYTES = 4096
 MAX_DIR_ENTRIES = 512
 """How many entries of a folder (its top level and one level of subfolders) its identity reads:
 enough for a diffusers model folder, bounded for a path that points at /usr."""
+
+DATA_DIR_ENV = "LOOM_DATA_DIR"
+
+
+def user_data_dir() -> Path:
+    """Loom's per-user data folder: $LOOM_DATA_DIR, else where Qt's AppDataLocation puts it for
+    the editor (organisation and application "Loom"), worked out here without Qt:
+    ~/.local/share/Loom/Loom on Linux ($XDG_DATA_HOME), ~/Library/Application Support/Loom/Loom
+    on macOS, %APPDATA%\\Loom\\Loom on Windows."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(os.path.expanduser(env))
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / "Loom" / "Loom"
 
 
 def shown(value: Any, limit: int = 80) -> str:

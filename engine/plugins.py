@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LoomError
+from engine.paths import user_data_dir
 from engine.registry import (
     BUILTIN_PACKAGE,
     NodeTypeConflict,
@@ -67,17 +68,7 @@ def user_nodes_dir() -> Path:
     env = os.environ.get("LOOM_USER_NODES")
     if env:
         return Path(env).expanduser()
-    data = os.environ.get("LOOM_DATA_DIR")
-    if data:
-        return Path(data).expanduser() / "nodes"
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "Loom" / "Loom" / "nodes"
+    return user_data_dir() / "nodes"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +40,6 @@ _TRAILING = ".!?;'\""
 
 class EmbeddingError(ValueError):
     """An embedding that cannot be used (not found, unreadable, for another model)."""
-
-
-def user_data_dir() -> Path:
-    """Loom's per-user data folder, where Qt's AppLocalDataLocation puts it for the editor
-    (organisation and application "Loom"), worked out here without Qt."""
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "Loom" / "Loom"
 
 
 def embedding_folders(options: dict[str, Any] | None = None) -> list[Path]:
