@@ -530,6 +530,12 @@ def content_hash(path: str | os.PathLike) -> str:
     in the sampled weights. Cached by (real path, size, mtime); a folder by its files'."""
     real = os.path.realpath(path)
     st = os.stat(real)
+    import errno
+    import stat
+
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        # /dev/zero or a FIFO: reading would never end (or block); never a model file
+        raise OSError(errno.EINVAL, "not a regular file or a folder", real)
     if os.path.isdir(real):  # a folder's own mtime misses a file changed inside it
         from engine.paths import file_identity
 

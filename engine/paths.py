@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,14 @@ def path_problem(value: Any) -> str | None:
 
 def path_access_problem(path: str | os.PathLike) -> str | None:
     """Why `path` cannot be looked at (a symlink loop, a name too long for this file system,
-    no permission to look), or None; a path that does not exist is not a problem here."""
+    no permission to look) or read as a file or folder (a device such as /dev/zero, a FIFO,
+    a socket: reading one may never end), or None; a path that does not exist is not a
+    problem here."""
     try:
-        os.stat(path)
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return (f"{shown(path)} is not a regular file or a folder (a device, a FIFO or a "
+                    "socket)")
     except FileNotFoundError:
         return None
     except OSError as exc:

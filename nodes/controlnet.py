@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from engine.errors import NodeInputError
 from engine.node import Input, Output, RunContext, node
-from engine.paths import not_found_message, resolve_path
+from engine.paths import resolve_path
 from engine.types import BOOLEAN, FLOAT, INT, STRING
+from nodes._loading import apply_model_budget, existing_model_path, path_config_preflight
 from nodes._types import CONTROL_NET, DENOISER, IMAGE
 from nodes.lib.families import DTYPES
 
@@ -46,27 +47,17 @@ class LoadControlNet:
         safetensors header; no weights read, no torch)."""
         from nodes.lib.controlnet_files import controlnet_problem
 
-        path = values.get("path")
-        if not isinstance(path, str):
-            return None
-        if not path:
-            return [("path", "choose a ControlNet: a .safetensors / .pth file or a diffusers "
-                             "folder")]
-        config = values.get("config")
-        config_path = ctx.resolve(config) if isinstance(config, str) and config else None
-        problem = controlnet_problem(ctx.resolve(path, "controlnet"), config_path)
-        return [problem] if problem is not None else None
+        return path_config_preflight(
+            values, ctx, "controlnet",
+            "choose a ControlNet: a .safetensors / .pth file or a diffusers folder",
+            controlnet_problem)
 
     def run(self, ctx: RunContext):
         from nodes.lib.checkpoints import LOAD_ERRORS
         from nodes.lib.controlnet import load_controlnet
-        from nodes.lib.model_manager import manager
 
-        if not self.path:
-            raise NodeInputError("path", "choose a ControlNet file or folder")
-        path = resolve_path(self.path, ctx.options, "controlnet")
-        if not path.exists():
-            raise NodeInputError("path", not_found_message(self.path, ctx.options, "controlnet"))
+        path = existing_model_path(self.path, ctx.options, "controlnet",
+                                   "choose a ControlNet file or folder")
         config = None
         if self.config:
             from nodes.lib.controlnet_files import config_file
@@ -81,9 +72,7 @@ class LoadControlNet:
                 config_file(config)
             except LOAD_ERRORS as exc:
                 raise NodeInputError("config", str(exc)) from exc
-        budget = ctx.options.get("model_memory_gb")
-        if budget is not None:
-            manager().set_budget(int(float(budget) * 2**30))
+        apply_model_budget(ctx.options)
         try:
             bundle = load_controlnet(path, dtype=self.dtype, device=ctx.device, config=config)
         except LOAD_ERRORS as exc:

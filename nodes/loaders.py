@@ -7,6 +7,7 @@ from engine.errors import NodeInputError
 from engine.node import Input, Output, RunContext, node
 from engine.paths import not_found_message, resolve_path
 from engine.types import STRING
+from nodes._loading import apply_model_budget, existing_model_path, path_config_preflight
 from nodes._types import CLIP, MODEL, VAE
 from nodes.lib.families import DTYPES, FAMILIES, PREDICTIONS
 
@@ -48,19 +49,12 @@ class LoadCheckpoint:
         weights and imports no torch (nodes.lib.model_files)."""
         from nodes.lib.model_files import checkpoint_problem
 
-        path = values.get("path")
-        if not isinstance(path, str):
-            return None
-        if not path:
-            return [("path", "choose a checkpoint: a .safetensors file or a diffusers folder")]
-        config = values.get("config")
-        config_dir = ctx.resolve(config) if isinstance(config, str) and config else None
-        problem = checkpoint_problem(ctx.resolve(path, "checkpoints"), config_dir)
-        return [problem] if problem is not None else None
+        return path_config_preflight(
+            values, ctx, "checkpoints",
+            "choose a checkpoint: a .safetensors file or a diffusers folder", checkpoint_problem)
 
     def run(self, ctx: RunContext):
         from nodes.lib.checkpoints import LOAD_ERRORS, load_checkpoint
-        from nodes.lib.model_manager import manager
 
         path = resolve_path(self.path, ctx.options, "checkpoints")
         if not path.exists():
@@ -73,9 +67,7 @@ class LoadCheckpoint:
             if not (config_dir / "unet" / "config.json").is_file():
                 raise NodeInputError("config", f"{config_dir} is not a diffusers folder with "
                                                "unet/config.json")
-        budget = ctx.options.get("model_memory_gb")
-        if budget is not None:
-            manager().set_budget(int(float(budget) * 2**30))
+        apply_model_budget(ctx.options)
         try:
             loaded = load_checkpoint(path, family=self.family, prediction=self.prediction,
                                      dtype=self.dtype, device=ctx.device, config_dir=config_dir,
@@ -120,26 +112,15 @@ class LoadVae:
         no weights read, no torch)."""
         from nodes.lib.model_info import vae_problem
 
-        path = values.get("path")
-        if not isinstance(path, str):
-            return None
-        if not path:
-            return [("path", "choose a VAE: a .safetensors file or a diffusers folder")]
-        config = values.get("config")
-        config_path = ctx.resolve(config) if isinstance(config, str) and config else None
-        problem = vae_problem(ctx.resolve(path, "vae"), config_path)
-        return [problem] if problem is not None else None
+        return path_config_preflight(
+            values, ctx, "vae", "choose a VAE: a .safetensors file or a diffusers folder",
+            vae_problem)
 
     def run(self, ctx: RunContext):
         from nodes.lib.checkpoints import LOAD_ERRORS
-        from nodes.lib.model_manager import manager
         from nodes.lib.vae_loader import load_vae
 
-        if not self.path:
-            raise NodeInputError("path", "choose a VAE file or folder")
-        path = resolve_path(self.path, ctx.options, "vae")
-        if not path.exists():
-            raise NodeInputError("path", not_found_message(self.path, ctx.options, "vae"))
+        path = existing_model_path(self.path, ctx.options, "vae", "choose a VAE file or folder")
         config = resolve_path(self.config, ctx.options) if self.config else None
         if config is not None:
             from nodes.lib.model_info import read_vae_config_file
@@ -148,9 +129,7 @@ class LoadVae:
                 read_vae_config_file(config)
             except LOAD_ERRORS as exc:
                 raise NodeInputError("config", str(exc)) from exc
-        budget = ctx.options.get("model_memory_gb")
-        if budget is not None:
-            manager().set_budget(int(float(budget) * 2**30))
+        apply_model_budget(ctx.options)
         try:
             bundle = load_vae(path, family=self.family, dtype=self.dtype, device=ctx.device,
                               config=config)

@@ -4,6 +4,9 @@ Models are built from configs (never from a hub), saved as diffusers folders, an
 both by diffusers (the reference) and by Loom's `loaders.checkpoint`. When the loader and
 conditioning nodes are not present yet, minimal stand-ins registered only in the test registry
 take their place (`testing.checkpoint`, `testing.text_encode`).
+
+The last part holds what the tests comparing Loom's images with diffusers' share: import the
+fixtures `one_torch_thread` (module-wide, autouse) and `sess` by name to use them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from engine.api import Session  # noqa: E402
@@ -308,3 +313,121 @@ def write_workflow(path: Path, nodes: dict[str, Any]) -> Path:
            "nodes": {nid: {"type": n.pop("type"), "inputs": n} for nid, n in nodes.items()}}
     path.write_text(json.dumps(doc, indent=2))
     return path
+
+
+# ---- comparing Loom's images with diffusers' ------------------------------------------------
+
+TOL = 1e-4
+SEED = 42
+PROMPT = "a red circle on a blue background"
+_SHARED_REGISTRY: Registry | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for the module's tests (float sums in the same order as diffusers')."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def sess() -> Session:
+    return session()
+
+
+def reg() -> Registry:
+    """One registry (with the stand-ins) built on first use, for building node dicts."""
+    global _SHARED_REGISTRY
+    if _SHARED_REGISTRY is None:
+        _SHARED_REGISTRY = registry()
+    return _SHARED_REGISTRY
+
+
+def generator(seed: int = SEED):
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def as_image(np_images) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(np_images)).permute(0, 3, 1, 2)
+
+
+def base_nodes(folder: Path, family: str = "sd1", negative: str = "", **micro: str) -> dict:
+    return {
+        **model_nodes(reg(), folder, family, PROMPT, negative, **micro),
+        "unet": {"type": "sampling.unet_step", "model": link("ckpt", "model")},
+        "decode": {"type": "latents.vae_decode", "vae": link("ckpt", "vae"),
+                   "latent": link("sampler", "latent")},
+        "save": {"type": "image.save", "images": link("decode", "image"), "prefix": "eq"},
+    }
+
+
+def txt2img_nodes(folder: Path, scheduler: str, steps: int = 3, scale: float = 7.0,
+                  rescale: float = 0.0, negative: str = "", size: int = 64, seed: int = SEED,
+                  family: str = "sd1", **micro: str) -> dict:
+    nodes = base_nodes(folder, family, negative, **micro)
+    nodes.update({
+        "noise": {"type": "latents.noise", "seed": seed, "width": size, "height": size,
+                  "batch": 1, "model": link("ckpt", "model")},
+        "sched": {"type": "sampling.scheduler", "model": link("ckpt", "model"),
+                  "name": scheduler, "steps": steps},
+        "cfg": {"type": "sampling.cfg_combine", "denoiser": link("unet", "denoiser"),
+                "positive": cond_link(nodes, "pos", reg()),
+                "negative": cond_link(nodes, "neg", reg()),
+                "scale": scale, "rescale": rescale},
+        "sampler": {"type": "sampling.sampler", "denoiser": link("cfg", "denoiser"),
+                    "scheduler": link("sched", "scheduler"), "noise": link("noise", "noise")},
+    })
+    return nodes
+
+
+def small_txt2img(folder: Path, seed: int = 1, steps: int = 4, scheduler: str = "ddim") -> dict:
+    """A 32x32 SD txt2img ending in a preview (a fresh registry for the node dicts)."""
+    reg_ = registry()
+    nodes = model_nodes(reg_, folder, "sd1", "a star", "")
+    return {
+        **nodes,
+        "noise": {"type": "latents.noise", "seed": seed, "width": 32, "height": 32,
+                  "model": link("ckpt", "model")},
+        "sched": {"type": "sampling.scheduler", "model": link("ckpt", "model"),
+                  "name": scheduler, "steps": steps},
+        "unet": {"type": "sampling.unet_step", "model": link("ckpt", "model")},
+        "cfg": {"type": "sampling.cfg_combine", "denoiser": link("unet", "denoiser"),
+                "positive": cond_link(nodes, "pos", reg_),
+                "negative": cond_link(nodes, "neg", reg_)},
+        "sampler": {"type": "sampling.sampler", "denoiser": link("cfg", "denoiser"),
+                    "scheduler": link("sched", "scheduler"), "noise": link("noise", "noise")},
+        "decode": {"type": "latents.vae_decode", "vae": link("ckpt", "vae"),
+                   "latent": link("sampler", "latent")},
+        "preview": {"type": "image.preview", "images": link("decode", "image")},
+    }
+
+
+def run_loom(sess, tmp_path: Path, nodes: dict) -> torch.Tensor:
+    """Run `nodes` (one saved image) on the CPU; the decoded image."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    wf = write_workflow(tmp_path / "workflow.json", nodes)
+    graph = sess.load(wf)
+    result = sess.run(graph, output_dir=tmp_path / "out", device="cpu")
+    assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
+    assert len(result.files) == 1
+    return result.output("decode", "image")
+
+
+def use_scheduler(pipe, name: str):
+    from nodes.lib.schedules import SchedulerSpec
+
+    pipe.scheduler = SchedulerSpec(name, dict(pipe.scheduler.config), 1).build()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assert_close(loom: torch.Tensor, ref: torch.Tensor, record: str) -> float:
+    """Loom's image equals the reference within TOL; the largest difference."""
+    assert loom.shape == ref.shape
+    diff = (loom.float() - ref.float()).abs().max().item()
+    print(f"[equality] {record}: max abs diff {diff:.3g}")
+    assert diff <= TOL, f"{record}: max abs difference {diff}"
+    assert ref.std() > 0.01  # a real picture, not a constant
+    return diff

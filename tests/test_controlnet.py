@@ -21,37 +21,23 @@ pytest.importorskip("diffusers")
 cv2 = pytest.importorskip("cv2")
 
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.sampling_fixtures import link  # noqa: E402
+from tests.sampling_fixtures import (  # noqa: E402
+    PROMPT,
+    SEED,
+    as_image,
+    assert_close,
+    generator,
+    link,
+    reg,
+)
 
-TOL = 1e-4
-SEED = 42
-PROMPT = "a red circle on a blue background"
 ROOT = Path(__file__).resolve().parent.parent
 SPREAD = 0.1  # std of the tiny ControlNets' (otherwise zero) output weights: a clear effect
 # that strength still scales (much more saturates the tiny models' pictures)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def sess():
-    return fx.session()
-
-
-REG = None
-
-
-def reg():
-    global REG
-    if REG is None:
-        REG = fx.registry()
-    return REG
+one_torch_thread = fx.one_torch_thread  # fixtures shared with the other equality tests
+sess = fx.sess
 
 
 def tiny_controlnet(model_folder: Path, folder: Path, seed: int):
@@ -102,14 +88,6 @@ def images(tmp_path_factory):
     Image.fromarray(np.stack([edges] * 3, axis=-1)).save(d / "edges.png")
     Image.fromarray(arr[:48]).save(d / "wide.png")  # 64 x 48
     return {"picture": d / "picture.png", "edges": d / "edges.png", "wide": d / "wide.png"}
-
-
-def generator(seed: int = SEED):
-    return torch.Generator("cpu").manual_seed(seed)
-
-
-def as_image(np_images) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(np_images)).permute(0, 3, 1, 2)
 
 
 def graph_nodes(folder: Path, family: str, controls: list[dict], negative: str = "",
@@ -179,15 +157,6 @@ def pipeline(kind: str, folder: Path, nets: list[Path], scheduler: str = "euler"
     pipe.scheduler = SchedulerSpec(scheduler, dict(pipe.scheduler.config), 1).build()
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def assert_close(loom: torch.Tensor, ref: torch.Tensor, record: str) -> float:
-    assert loom.shape == ref.shape
-    diff = (loom.float() - ref.float()).abs().max().item()
-    print(f"[equality] {record}: max abs diff {diff:.3g}")
-    assert diff <= TOL, f"{record}: max abs difference {diff}"
-    assert ref.std() > 0.01
-    return diff
 
 
 # ---- equal to diffusers -----------------------------------------------------------------------

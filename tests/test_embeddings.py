@@ -26,7 +26,7 @@ pytest.importorskip("diffusers")
 
 from tests import lora_fixtures as lx  # noqa: E402
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.test_equal_to_diffusers import (  # noqa: E402
+from tests.sampling_fixtures import (  # noqa: E402
     as_image,
     assert_close,
     generator,
@@ -39,23 +39,14 @@ SCHEDULER = "ddim"
 WIDTH = 32  # the tiny text encoders' width
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+one_torch_thread = fx.one_torch_thread  # fixtures shared with the other equality tests
+sess = fx.sess
 
 
 @pytest.fixture(autouse=True)
 def _no_user_folder(monkeypatch, tmp_path):
     """Embeddings only from the folders a test names (never the user's own)."""
     monkeypatch.setenv("LOOM_EMBEDDINGS_DIR", str(tmp_path / "no-such-folder"))
-
-
-@pytest.fixture(scope="module")
-def sess():
-    return fx.session()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ settings, and compares the decoded images (CPU, fp32) within 1e-4.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,34 +18,22 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.sampling_fixtures import link  # noqa: E402
+from tests.sampling_fixtures import (  # noqa: E402
+    PROMPT,
+    SEED,
+    as_image,
+    assert_close,
+    base_nodes,
+    generator,
+    link,
+    reg,
+    run_loom,
+    txt2img_nodes,
+    use_scheduler,
+)
 
-TOL = 1e-4
-SEED = 42
-PROMPT = "a red circle on a blue background"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def sess():
-    return fx.session()
-
-
-REG = None
-
-
-def reg():
-    global REG
-    if REG is None:
-        REG = fx.registry()
-    return REG
+one_torch_thread = fx.one_torch_thread  # fixtures shared with the other equality tests
+sess = fx.sess
 
 
 @pytest.fixture(scope="module")
@@ -68,69 +55,6 @@ def images(tmp_path_factory):
     mask[8:40, 24:56] = 255
     Image.fromarray(mask, "L").save(d / "mask.png")
     return d / "image.png", d / "mask.png"
-
-
-def generator(seed: int = SEED):
-    return torch.Generator("cpu").manual_seed(seed)
-
-
-def as_image(np_images) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(np_images)).permute(0, 3, 1, 2)
-
-
-def base_nodes(folder: Path, family: str = "sd1", negative: str = "", **micro: str) -> dict:
-    return {
-        **fx.model_nodes(reg(), folder, family, PROMPT, negative, **micro),
-        "unet": {"type": "sampling.unet_step", "model": link("ckpt", "model")},
-        "decode": {"type": "latents.vae_decode", "vae": link("ckpt", "vae"),
-                   "latent": link("sampler", "latent")},
-        "save": {"type": "image.save", "images": link("decode", "image"), "prefix": "eq"},
-    }
-
-
-def txt2img_nodes(folder: Path, scheduler: str, steps: int = 3, scale: float = 7.0,
-                  rescale: float = 0.0, negative: str = "", size: int = 64, seed: int = SEED,
-                  family: str = "sd1", **micro: str) -> dict:
-    nodes = base_nodes(folder, family, negative, **micro)
-    nodes.update({
-        "noise": {"type": "latents.noise", "seed": seed, "width": size, "height": size,
-                  "batch": 1, "model": link("ckpt", "model")},
-        "sched": {"type": "sampling.scheduler", "model": link("ckpt", "model"),
-                  "name": scheduler, "steps": steps},
-        "cfg": {"type": "sampling.cfg_combine", "denoiser": link("unet", "denoiser"),
-                "positive": fx.cond_link(nodes, "pos", reg()),
-                "negative": fx.cond_link(nodes, "neg", reg()),
-                "scale": scale, "rescale": rescale},
-        "sampler": {"type": "sampling.sampler", "denoiser": link("cfg", "denoiser"),
-                    "scheduler": link("sched", "scheduler"), "noise": link("noise", "noise")},
-    })
-    return nodes
-
-
-def run_loom(sess, tmp_path: Path, nodes: dict) -> torch.Tensor:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    wf = fx.write_workflow(tmp_path / "workflow.json", nodes)
-    graph = sess.load(wf)
-    result = sess.run(graph, output_dir=tmp_path / "out", device="cpu")
-    assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
-    assert len(result.files) == 1
-    return result.output("decode", "image")
-
-
-def use_scheduler(pipe, name: str):
-    from nodes.lib.schedules import SchedulerSpec
-
-    pipe.scheduler = SchedulerSpec(name, dict(pipe.scheduler.config), 1).build()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def assert_close(loom: torch.Tensor, ref: torch.Tensor, record: str) -> None:
-    assert loom.shape == ref.shape
-    diff = (loom.float() - ref.float()).abs().max().item()
-    print(f"[equality] {record}: max abs diff {diff:.3g}")
-    assert diff <= TOL, f"{record}: max abs difference {diff}"
-    assert ref.std() > 0.01  # a real picture, not a constant
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler_ancestral", "dpmpp_2m_karras", "unipc"])

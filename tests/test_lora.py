@@ -25,12 +25,12 @@ pytest.importorskip("diffusers")
 
 from tests import lora_fixtures as lx  # noqa: E402
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.sampling_fixtures import link  # noqa: E402
-from tests.test_equal_to_diffusers import (  # noqa: E402
+from tests.sampling_fixtures import (  # noqa: E402
     PROMPT,
     as_image,
     assert_close,
     generator,
+    link,
     run_loom,
     txt2img_nodes,
     use_scheduler,
@@ -40,12 +40,8 @@ SCHEDULER = "ddim"
 UNET_SD = lx.ATTENTION + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+one_torch_thread = fx.one_torch_thread  # fixtures shared with the other equality tests
+sess = fx.sess
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +49,6 @@ def peft():
     import peft  # noqa: F401  (diffusers' load_lora_weights needs the PEFT backend)
 
     return peft
-
-
-@pytest.fixture(scope="module")
-def sess():
-    return fx.session()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch
 from engine.api import Session
 from engine.memory import MemoryBudget
 from tests import sampling_fixtures as fx
-from tests.sampling_fixtures import link
 
 # ---- the policy, with stand-in pools -----------------------------------------------------------
 
@@ -90,24 +89,7 @@ def sd_folders(tmp_path_factory):
 
 
 def _workflow(folder: Path, seed: int = 1) -> dict:
-    reg = fx.registry()
-    nodes = fx.model_nodes(reg, folder, "sd1", "a star", "")
-    return {
-        **nodes,
-        "noise": {"type": "latents.noise", "seed": seed, "width": 32, "height": 32,
-                  "model": link("ckpt", "model")},
-        "sched": {"type": "sampling.scheduler", "model": link("ckpt", "model"),
-                  "name": "ddim", "steps": 2},
-        "unet": {"type": "sampling.unet_step", "model": link("ckpt", "model")},
-        "cfg": {"type": "sampling.cfg_combine", "denoiser": link("unet", "denoiser"),
-                "positive": fx.cond_link(nodes, "pos", reg),
-                "negative": fx.cond_link(nodes, "neg", reg)},
-        "sampler": {"type": "sampling.sampler", "denoiser": link("cfg", "denoiser"),
-                    "scheduler": link("sched", "scheduler"), "noise": link("noise", "noise")},
-        "decode": {"type": "latents.vae_decode", "vae": link("ckpt", "vae"),
-                   "latent": link("sampler", "latent")},
-        "preview": {"type": "image.preview", "images": link("decode", "image")},
-    }
+    return fx.small_txt2img(folder, seed=seed, steps=2)
 
 
 @pytest.fixture

@@ -573,12 +573,12 @@ def test_load_vae_swaps_the_decode_as_diffusers_does(vae_setup, tmp_path, monkey
 
     from engine.api import Session
     from tests import sampling_fixtures as fx
-    from tests.sampling_fixtures import link
-    from tests.test_equal_to_diffusers import (
+    from tests.sampling_fixtures import (
         PROMPT,
         as_image,
         assert_close,
         generator,
+        link,
         run_loom,
         txt2img_nodes,
         use_scheduler,

@@ -121,3 +121,31 @@ def test_images_saved_before_a_write_fails_are_still_reported(tmp_path, monkeypa
     written = sorted(str(p) for p in tmp_path.glob("full_*.png"))
     assert len(written) == 2 and sorted(result.files) == written
     assert all(report.png_problem(p) is None for p in tmp_path.glob("full_*.png"))
+
+
+def test_a_device_or_fifo_as_model_path_is_refused_not_read(tmp_path):
+    """Saving a workflow records a content hash of each model file; /dev/zero was read whole
+    (until the OOM killer came) before the pre-run checks could refuse it. Under a memory limit
+    here, so that a regression fails instead of eating the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    from engine.library import content_hash
+
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        with pytest.raises(OSError, match="not a regular file"):
+            content_hash(path)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    for path in ("/dev/zero", str(fifo)):
+        proc = subprocess.run([sys.executable, "main.py", "run", "--set",
+                               f"checkpoint.path={path}", "--out", str(tmp_path / "out")],
+                              cwd=report.ROOT, env=report._env(), capture_output=True,
+                              text=True, timeout=120, preexec_fn=limit)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+        assert "node 'checkpoint' (loaders.checkpoint) input 'path'" in proc.stderr

@@ -51,24 +51,7 @@ def graph_of(sess, tmp_path: Path, nodes: dict):
 
 
 def txt2img(folder: Path, steps: int = 4, scheduler: str = "ddim") -> dict:
-    reg = fx.registry()
-    nodes = fx.model_nodes(reg, folder, "sd1", "a star", "")
-    return {
-        **nodes,
-        "noise": {"type": "latents.noise", "seed": 1, "width": 32, "height": 32,
-                  "model": link("ckpt", "model")},
-        "sched": {"type": "sampling.scheduler", "model": link("ckpt", "model"),
-                  "name": scheduler, "steps": steps},
-        "unet": {"type": "sampling.unet_step", "model": link("ckpt", "model")},
-        "cfg": {"type": "sampling.cfg_combine", "denoiser": link("unet", "denoiser"),
-                "positive": fx.cond_link(nodes, "pos", reg),
-                "negative": fx.cond_link(nodes, "neg", reg)},
-        "sampler": {"type": "sampling.sampler", "denoiser": link("cfg", "denoiser"),
-                    "scheduler": link("sched", "scheduler"), "noise": link("noise", "noise")},
-        "decode": {"type": "latents.vae_decode", "vae": link("ckpt", "vae"),
-                   "latent": link("sampler", "latent")},
-        "preview": {"type": "image.preview", "images": link("decode", "image")},
-    }
+    return fx.small_txt2img(folder, steps=steps, scheduler=scheduler)
 
 
 # ---- Latent Noise ---------------------------------------------------------------------------

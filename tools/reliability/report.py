@@ -402,20 +402,22 @@ def soak_child(n: int, folder: str) -> dict:
     session = Session()
     graph = session.load(DEFAULT)
     session.set(graph, "noise.batch", 1)
-    rss, times, files, errors = [], [], 0, []
+    rss, cached, times, files, errors = [], [], [], 0, []
     for i in range(n):
         session.set(graph, "noise.seed", 5000 + i)
         t0 = time.perf_counter()
         result = session.run(graph, output_dir=folder)
         times.append(time.perf_counter() - t0)
         rss.append(_rss_kb())
+        cached.append(session.cache.nbytes())
         files += len(result.files)
         if not result.ok:
             errors.append(f"run {i}: " + "; ".join(str(e) for e in result.errors.values()))
         if (i + 1) % 20 == 0:
             log(f"soak: {i + 1}/{n} runs, RSS {rss[-1] / 1024:.0f} MiB")
-    return {"rss_kb": rss, "times": times, "files": files, "errors": errors[:5],
-            "stats": default_budget().stats(), "cache_entries": len(session.cache)}
+    return {"rss_kb": rss, "cache_bytes": cached, "times": times, "files": files,
+            "errors": errors[:5], "stats": default_budget().stats(),
+            "cache_entries": len(session.cache)}
 
 
 def check_soak(n: int = 200, warmup: int = 20) -> dict:
@@ -436,6 +438,8 @@ def check_soak(n: int = 200, warmup: int = 20) -> dict:
     res["n"], res["warmup"] = n, warmup
     res["rss_warm"], res["rss_end"], res["rss_peak"] = rss[warmup - 1], rss[-1], max(rss)
     res["growth"] = 100.0 * (res["rss_end"] - res["rss_warm"]) / res["rss_warm"]
+    cached = res["cache_bytes"]
+    res["cache_growth_kb"] = (cached[-1] - cached[warmup - 1]) / 1024
     res["ok"] = (res["growth"] <= SOAK_GOAL and not res["errors"] and res["files"] == n
                  == res["on_disk"])
     return res
@@ -453,12 +457,13 @@ def soak_table(res: dict) -> str:
     return "\n".join([
         f"| soak: one Session, {res['n']} runs of the default workflow (1 image, new seed each) "
         f"| RSS after run {res['warmup']} | RSS after run {res['n']} | growth | peak RSS "
-        "| seconds per run (median) | memory budget pools at the end "
+        "| of which cached results | seconds per run (median) | memory budget pools at the end "
         f"| goal: growth ≤ {SOAK_GOAL:.0f} % |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {res['files']} PNGs written, {len(res['errors'])} failed runs "
         f"| {_mib(res['rss_warm'])} | {_mib(res['rss_end'])} | {res['growth']:+.2f} % "
-        f"| {_mib(res['rss_peak'])} | {statistics.median(times):.2f} "
+        f"| {_mib(res['rss_peak'])} | {res['cache_growth_kb'] / 1024:+.1f} MiB "
+        f"| {statistics.median(times):.2f} "
         f"| {pools}; budget {st['budget']['bytes'] / 2**30:.1f} GiB "
         f"| {pass_fail(res['ok'])} |"])
 
@@ -489,18 +494,39 @@ def kill_tables(res: dict) -> str:
               f"({res['seconds']:.0f} s)." + extra)
 
 
-def check_fuzz(count: int, pngs: int, seed: int) -> dict:
+def fuzz_child(count: int, pngs: int, seed: int) -> dict:
+    """In this process: the fuzz of tools/reliability/fuzz_workflows.py."""
     from tools.reliability import fuzz_workflows as fz
 
-    t0 = time.perf_counter()
     tallies = fz.fuzz(count, pngs, seed, progress=True)
     bad = {k: sum(t.counts[k] for t in tallies.values())
            for k in ("raw_os_error", "failed", "traceback", "hang")}
-    examples = [f"{name}: {kind}: {_short(e, 300)}" for name, t in tallies.items()
+    examples = [f"{name}: {kind}: {_short(e[-400:], 300)}" for name, t in tallies.items()
                 for kind, ex in t.examples.items() for e in ex[:2]]
     return {"table": fz.table(tallies), "bad": bad, "ok": not any(bad.values()),
-            "seconds": time.perf_counter() - t0, "count": count, "pngs": pngs, "seed": seed,
             "examples": examples[:6]}
+
+
+FUZZ_MEMORY = 8 << 30
+"""Address-space limit of the fuzz process: an input that makes Loom allocate without bound
+(it once read /dev/zero whole) is a counted MemoryError, not the machine's OOM killer."""
+
+
+def check_fuzz(count: int, pngs: int, seed: int) -> dict:
+    """The fuzz in a child process under an address-space limit (FUZZ_MEMORY)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (FUZZ_MEMORY, FUZZ_MEMORY))
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tools.reliability.report", "--fuzz-child",
+                           str(count), str(pngs), str(seed)], cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, text=True, errors="replace",
+                          preexec_fn=limit, timeout=max(3600, count))
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"the fuzz process died (exit {proc.returncode})")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update(seconds=time.perf_counter() - t0, count=count, pngs=pngs, seed=seed)
+    return res
 
 
 def fuzz_tables(res: dict) -> str:
@@ -549,12 +575,12 @@ TITLES = {
 
 
 def section(results: dict, quick: bool = False) -> str:
-    """The README section for `results` ({check: result}, each with "date" and "seconds")."""
+    """The README section for `results` ({check: result}, each with "date" and "elapsed")."""
     note = " (`--quick`: a smoke run, not the measured suite)" if quick else ""
     ok = all(r["ok"] for r in results.values())
     dates = sorted({r.get("date") or datetime.date.today().isoformat()
                     for r in results.values()}) or [datetime.date.today().isoformat()]
-    seconds = sum(r.get("seconds", 0.0) for r in results.values())
+    seconds = sum(r.get("elapsed", 0.0) for r in results.values())
     took = (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} seconds")
     parts = [
         "## Reliability",
@@ -581,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--soak-child"]:
         print(json.dumps(soak_child(int(argv[1]), argv[2])))
+        return 0
+    if argv[:1] == ["--fuzz-child"]:
+        print(json.dumps(fuzz_child(int(argv[1]), int(argv[2]), int(argv[3]))))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -637,10 +666,10 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
             res = {"ok": False, "crashed": _short(f"{type(exc).__name__}: {exc}", 300)}
-        res["seconds"] = time.perf_counter() - t1
+        res["elapsed"] = time.perf_counter() - t1
         res["date"] = datetime.date.today().isoformat()
         results[name] = res
-        log(f"{name}: {'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.0f} s")
+        log(f"{name}: {'PASS' if res['ok'] else 'FAIL'} in {res['elapsed']:.0f} s")
         if store is not None:
             store.write_text(json.dumps(results, default=str), encoding="utf-8")
     print(section(results, q))

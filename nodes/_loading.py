@@ -1,0 +1,48 @@
+"""What the model loader nodes (Load Checkpoint, Load VAE, Load ControlNet) share: the pre-run
+check of a `path` input with an optional `config` input, the run-time resolving of the path
+with the same errors, and the run's model memory budget. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import NodeInputError
+from engine.paths import not_found_message, resolve_path
+
+
+def path_config_preflight(values: dict[str, Any], ctx: Any, kind: str, choose: str,
+                          problem: Callable[[Path, Path | None], tuple[str, str] | None]):
+    """Preflight of a loader's `path` (a library `kind`) and optional `config` inputs: None
+    when the path is linked (not known yet), the `choose` message when it is empty, else what
+    `problem(path, config)` finds (no weights read)."""
+    path = values.get("path")
+    if not isinstance(path, str):
+        return None
+    if not path:
+        return [("path", choose)]
+    config = values.get("config")
+    config_path = ctx.resolve(config) if isinstance(config, str) and config else None
+    found = problem(ctx.resolve(path, kind), config_path)
+    return [found] if found is not None else None
+
+
+def existing_model_path(value: str, options: dict[str, Any], kind: str, choose: str) -> Path:
+    """The `path` input resolved (workflow folder, model library `kind`); NodeInputError with
+    `choose` when it is empty, with where it was looked for when there is nothing there."""
+    if not value:
+        raise NodeInputError("path", choose)
+    path = resolve_path(value, options, kind)
+    if not path.exists():
+        raise NodeInputError("path", not_found_message(value, options, kind))
+    return path
+
+
+def apply_model_budget(options: dict[str, Any]) -> None:
+    """A run's `model_memory_gb` option, when given, becomes the model manager's budget."""
+    budget = options.get("model_memory_gb")
+    if budget is not None:
+        from nodes.lib.model_manager import manager
+
+        manager().set_budget(int(float(budget) * 2**30))
