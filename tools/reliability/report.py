@@ -585,9 +585,10 @@ def section(results: dict, quick: bool = False) -> str:
     parts = [
         "## Reliability",
         "",
-        "No file is ever lost or half-written, hostile input never reaches a traceback: "
-        "measured by `python -m tools.reliability.report` (this section is its output; "
-        "`--quick` for a smoke run).",
+        "No file is ever lost or half-written, hostile input never reaches a traceback. "
+        "Regenerate this section with `python -m tools.reliability.report` (it prints it; "
+        "`--quick` for a smoke run, `--only CHECKS --results FILE.json` to re-measure some "
+        "checks).",
         "",
         f"Measured {' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}{note} "
         f"on {machine()}; all checks {took}. Overall: {pass_fail(ok)}.",
