@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from editor import fields, theme
-from editor.field_widgets import F_ROW, F_SMALL, FieldWidget, clip_lines, widget_for
+from editor.field_widgets import F_ROW, F_SMALL, FieldWidget, _esc, clip_lines, widget_for
 from engine.node import Input, NodeSpec, Output, ignored_inputs
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ _press_tokens = itertools.count(1)
 _F_TITLE = theme.ui_font(10.0, bold=True)
 _F_ROW = F_ROW
 _F_SMALL = F_SMALL
-_FM_ROW = QFontMetricsF(_F_ROW)
 _FM_SMALL = QFontMetricsF(_F_SMALL)
 _FM_TITLE = QFontMetricsF(_F_TITLE)
 
@@ -514,11 +513,16 @@ class NodeItem(QGraphicsItem):
                          self.shown_title())
         if not self.collapsed and lod >= 0.5:
             painter.setFont(_F_ROW)
+            ignored: dict[str, str] | None = None  # found once per paint, not once per field
             for row in self.rows:
                 if row.kind == "slot":
                     self._paint_slot(painter, row)
                 elif row.kind == "field":
-                    self._paint_field(painter, row)
+                    if ignored is None:
+                        ignored = self.ignored()
+                        if ignored != self._ignored_shown:
+                            self._refresh_tooltip()
+                    self._paint_field(painter, row, ignored)
                 elif row.kind == "image":
                     self._paint_image(painter, row)
                 elif row.kind == "text":
@@ -646,15 +650,10 @@ class NodeItem(QGraphicsItem):
         n = self.node
         if self.spec is None or n is None:
             return {}
-        linked = {inp for (dst, inp) in self.ctl.graph.links if dst == self.node_id}
-        return ignored_inputs(self.spec, n.values, linked)
+        return ignored_inputs(self.spec, n.values, set(self.ctl.graph.inputs_of(self.node_id)))
 
-    def _paint_field(self, painter: QPainter, row: Row) -> None:
+    def _paint_field(self, painter: QPainter, row: Row, ignored: dict[str, str]) -> None:
         w = row.field
-        ignored = self.ignored()
-        if ignored != self._ignored_shown:
-            self._ignored_shown = ignored
-            self._refresh_tooltip()
         rect = self.field_rect(row)
         if self.linked(w.name):
             w.paint_linked(painter, rect)
@@ -940,11 +939,6 @@ class NodeItem(QGraphicsItem):
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.2f}s" if seconds < 60 else f"{seconds / 60:.1f}m"
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
-        "\n", "<br>")
 
 
 def _claims_escape(widget: QWidget, event) -> bool:

@@ -286,7 +286,9 @@ class Executor:
                 continue
             link = links.get(name)
             if link is not None:
-                upstream = (out_keys or {}).get((link.node, link.output), keys[link.node])
+                upstream = keys[link.node]
+                if out_keys:
+                    upstream = out_keys.get((link.node, link.output), upstream)
                 parts += (name, "link", upstream, link.output)
                 if inp.path:
                     # A file path that arrives through a link: fold the file's identity in when

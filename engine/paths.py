@@ -177,7 +177,7 @@ def file_identity(path: Path) -> str:
     try:
         real = os.path.realpath(path)
         st = os.stat(real)
-        if os.path.isdir(real):
+        if stat.S_ISDIR(st.st_mode):
             h.update(f"dir|{real}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
             _folder_entries(real, h)
         else:

@@ -50,12 +50,16 @@ from nodes.lib.families import (
     read_safetensors_header,
     tensor_for_prediction_check,
 )
-from nodes.lib.model_files import CheckpointError, folder_family, read_json_object
+from nodes.lib.model_files import (
+    SINGLE_FILE_SUFFIXES,
+    CheckpointError,
+    folder_family,
+    read_json_object,
+)
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager
 
 CONFIGS_DIR = PROJECT_ROOT / "resources" / "configs"
 TOKENIZER_DIR = PROJECT_ROOT / "resources" / "tokenizers" / "clip"
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 # CheckpointError (a checkpoint that cannot be loaded; the message says what was expected)

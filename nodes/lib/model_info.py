@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.paths import PROJECT_ROOT
 from nodes.lib.families import (
     FAMILY_TABLE,
     UnknownCheckpointError,
     detect_family,
     read_safetensors_header,
 )
+from nodes.lib.model_files import (
+    SINGLE_FILE_SUFFIXES,
+    CheckpointError,
+    folder_family,
+    read_json_object,
+)
 from nodes.lib.model_files import VAE as VAE_FIELDS
-from nodes.lib.model_files import CheckpointError, folder_family, read_json_object
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "resources" / "configs"
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CONFIGS_DIR = PROJECT_ROOT / "resources" / "configs"
 CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
 """Cross-attention width -> family, for files that carry UNet attention weights."""
 
@@ -199,7 +204,7 @@ def locate_vae(path: Path) -> VaeSource:
                 return VaeSource("folder", folder, cfg)
         raise CheckpointError(f"{path} is a folder without config.json or vae/config.json; "
                               + VAE_HINT)
-    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise CheckpointError(f"{path.name}: not a weights file; " + VAE_HINT)
     return VaeSource("single_file", path)
 
