@@ -1,6 +1,7 @@
-"""What the model loader nodes (Load Checkpoint, Load VAE, Load ControlNet) share: the pre-run
-check of a `path` input with an optional `config` input, the run-time resolving of the path
-with the same errors, and the run's model memory budget. Torch-free."""
+"""What the model loader nodes (Load Checkpoint, Load VAE, Load ControlNet, the unCLIP and Karlo
+loaders) share: the pre-run check of a `path` input (with an optional `config` input, or a
+folder of expected subfolders), the run-time resolving of the path with the same errors, the
+device and precision, and the run's model memory budget. Torch-free at import."""
 
 from __future__ import annotations
 
@@ -46,3 +47,43 @@ def apply_model_budget(options: dict[str, Any]) -> None:
         from nodes.lib.model_manager import manager
 
         manager().set_budget(int(float(budget) * 2**30))
+
+
+def subfolder_preflight(values: dict[str, Any], ctx: Any,
+                        layouts: tuple[tuple[str, ...], ...], what: str):
+    """Before anything runs (no weights read): the `path` folder exists and has one of the
+    expected `layouts` of subfolders; None when the path is linked (not known yet)."""
+    path = values.get("path")
+    if not isinstance(path, str):
+        return None
+    if not path:
+        return [("path", f"choose {what}")]
+    folder = ctx.resolve(path, "checkpoints")  # where run() looks: folder, model library
+    if not folder.is_dir():
+        return [("path", f"{folder} is not a folder; expected {what}")]
+    for layout in layouts:
+        if all((folder / s).is_dir() for s in layout):
+            return None
+    wanted = " or ".join("/, ".join(layout) + "/" for layout in layouts)
+    return [("path", f"{folder} is not {what}: expected subfolders {wanted}")]
+
+
+def device_and_dtype(ctx: Any, dtype: str):
+    """The run's device and the torch dtype a loader's `dtype` choice means on it."""
+    from nodes.lib.checkpoints import resolve_device, resolve_dtype
+
+    device = resolve_device(ctx.device)
+    return device, resolve_dtype(dtype, device)
+
+
+def load_or_path_error(ctx: Any, load: Callable[[], Any]) -> Any:
+    """Runs a loader under the run's model budget, turning a folder that does not fit (a
+    loader's folder error, a missing or unreadable file) into an error on `path`."""
+    from nodes.lib.checkpoints import LOAD_ERRORS
+    from nodes.lib.unclip import UnclipFolderError
+
+    apply_model_budget(ctx.options)
+    try:
+        return load()
+    except (UnclipFolderError, OSError, *LOAD_ERRORS) as exc:
+        raise NodeInputError("path", str(exc)) from exc

@@ -18,6 +18,15 @@ UPSCALE_MODEL = "UPSCALE_MODEL"  # an upscaler model (SD x4 / latent x2)
 NOISE = "NOISE"  # nodes.lib.rng.Noise: unit noise [B, C, h, w] + the random stream after it
 RNG = "RNG"  # nodes.lib.rng.RandomStream: a position in a seeded CPU random stream
 CONTROL_NET = "CONTROL_NET"  # nodes.lib.controlnet.ControlNetBundle: a loaded ControlNet
+LOSS = "LOSS"  # nodes.lib.guidance.Loss: a differentiable loss on images, for Loss Guidance
+PRIOR = "PRIOR"  # nodes.lib.unclip.PriorBundle: an unCLIP prior (text -> CLIP image embedding)
+CLIP_VISION = "CLIP_VISION"  # nodes.lib.unclip.ImageEncoderBundle: CLIP image processor+encoder
+IMAGE_EMBEDS = "IMAGE_EMBEDS"  # torch float tensor [B, D]: CLIP image embeddings (unCLIP)
+PRIOR_PROMPT = "PRIOR_PROMPT"  # nodes.lib.unclip.PriorPrompt: text encoded for a prior
+MOVQ = "MOVQ"  # nodes.lib.unclip.MovqBundle: Kandinsky's MoVQ image autoencoder
+UNCLIP_NOISE = "UNCLIP_NOISE"  # nodes.lib.unclip.NoiseAugBundle: Stable unCLIP's embedding
+# normalizer + noising schedule
+T5 = "T5"  # nodes.lib.deepfloyd.T5Bundle: DeepFloyd IF's T5 tokenizer + encoder
 
 for name, color, parents in (
     (MODEL, "#b39ddb", ()),
@@ -34,5 +43,13 @@ for name, color, parents in (
     (NOISE, "#f06292", ()),
     (RNG, "#90a4ae", ()),
     (CONTROL_NET, "#26a69a", ()),
+    (LOSS, "#ff8a65", ()),
+    (PRIOR, "#ce93d8", ()),
+    (CLIP_VISION, "#ffe082", ()),
+    (IMAGE_EMBEDS, "#ffb74d", ()),
+    (PRIOR_PROMPT, "#ffcc80", ()),
+    (MOVQ, "#e57373", ()),
+    (UNCLIP_NOISE, "#bcaaa4", ()),
+    (T5, "#fff176", ()),
 ):
     TYPES.register(name, color, parents)

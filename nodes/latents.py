@@ -84,6 +84,9 @@ def _latent_channels(model) -> int:
     channels + mask + masked-image latents; the x4 upscaler's 7 are 4 + RGB)."""
     from nodes.lib.families import FAMILY_TABLE
 
+    own = (getattr(model, "extra", None) or {}).get("latent_channels")
+    if own:  # the loader knows (Kandinsky: the MoVQ's channels; its UNet also predicts variance)
+        return int(own)
     info = FAMILY_TABLE.get(model.family)
     in_ch = int(model.unet.config.in_channels)
     out_ch = int(getattr(model.unet.config, "out_channels", in_ch) or in_ch)

@@ -111,8 +111,11 @@ class CFGCombineNode:
                               self.rescale, self.start, self.end)
 
 
-@node("sampling.sampler", title="Sampler", category="sampling", version="1.1.0",
-      outputs=[Output("latent", LATENT)])
+@node("sampling.sampler", title="Sampler", category="sampling", version="1.2.0",
+      outputs=[Output("latent", LATENT),
+               Output("rng", RNG, "the random stream after sampling (after the per-step "
+                                  "noise of stochastic schedulers): a next stage drawn from "
+                                  "the same generator continues it (Karlo's super-resolution)")])
 class SamplerNode:
     """The denoising loop: start from noise (or a noised init latent), step the scheduler with
     the guided denoiser, blend the known region when inpainting with an ordinary model."""
@@ -143,6 +146,6 @@ class SamplerNode:
         try:
             return sample(self.denoiser, self.scheduler, self.noise, self.init, self.mask,
                           self.image_cond, hooks, family=self.denoiser.model.family,
-                          stream=self.rng)
+                          stream=self.rng, return_stream=True)
         except SamplerInputError as exc:
             raise NodeInputError(exc.input, str(exc)) from None

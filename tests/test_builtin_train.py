@@ -67,7 +67,8 @@ def trained(tmp_path_factory):
     args = ["--work", str(root / "work"), "--out", str(root / "model"),
             "--configs", str(root / "configs"), "--vae-steps", "3", "--vae-batch", "4",
             "--examples", "48", "--unet-steps", "3", "--unet-batch", "8",
-            "--vpred-steps", "3", "--polish-steps", "2", "--decoder-steps", "2"]
+            "--vpred-steps", "3", "--polish-steps", "2", "--decoder-steps", "2",
+            "--colour-steps", "2"]
     assert train.main(args) == 0
     return root, args
 
@@ -88,7 +89,7 @@ def test_all_stages_write_an_sd_format_folder_that_renders(trained):
     assert vae["scaling_factor"] == pytest.approx(float(latents["scaling_factor"]), rel=1e-6)
     scheduler = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]
-    for stage in ("_eps", "_v", ""):   # unet, vpred, polish each wrote their own weights
+    for stage in ("_eps", "_v", "", "_colour"):   # each UNet stage wrote its own weights
         assert (root / "work" / f"unet{stage}.safetensors").is_file()
     image = evaluate.Renderer(str(model), device="cpu").images("a red circle", seed=1)[0]
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
@@ -107,3 +108,51 @@ def test_a_stage_rerun_with_the_same_seed_gives_the_same_weights(trained):
     assert changed == 0
     other = load_file(str(work / "unet_v.safetensors"))
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_an_interrupted_stage_resumes_to_the_weights_of_an_uninterrupted_one(trained):
+    """The colour stage saves its whole state every few steps (here every 2); stopped after
+    step 4 of 6 and run again, it ends bit for bit where one uninterrupted run ends."""
+    from safetensors.torch import load_file
+    root, _ = trained
+    work = root / "work"
+    train.train_unet(work, 6, 8, 1234, phase="colour", save_every=2)
+    whole = load_file(str(work / "unet_colour.safetensors"))
+    whole_text = load_file(str(work / "text_colour.safetensors"))
+    (work / "unet_colour.safetensors").unlink()
+    train.train_unet(work, 6, 8, 1234, phase="colour", save_every=2, stop_after=4)
+    assert (work / "resume_colour.pt").is_file() and not (work / "unet_colour.safetensors").exists()
+    train.train_unet(work, 6, 8, 1234, phase="colour", save_every=2)
+    assert not (work / "resume_colour.pt").exists()      # finished: the resume point is gone
+    resumed = load_file(str(work / "unet_colour.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    resumed_text = load_file(str(work / "text_colour.safetensors"))
+    assert all(torch.equal(whole_text[k], resumed_text[k]) for k in whole_text)
+
+
+def test_colour_targets_read_both_colours_from_the_caption():
+    t = train.colour_targets(["a large purple star on a white background", "a black circle",
+                              "a square on the left", ""])
+    names = train.COLOUR_NAMES
+    assert t[0].tolist() == [names.index("purple"), names.index("white")]
+    assert t[1].tolist() == [names.index("black"), -100]
+    assert t[2].tolist() == [-100, -100] and t[3].tolist() == [-100, -100]
+
+
+def test_colour_probe_pools_only_the_captions_own_tokens():
+    """The probe averages the encoder's outputs up to and including the end-of-text token; the
+    padding after it (the same token repeated) does not count."""
+    probe = train.ColourProbe(4)
+    eos = 9
+    ids = torch.tensor([[1, 2, eos, eos, eos], [1, eos, eos, eos, eos]])
+    hidden = torch.zeros(2, 5, 4)
+    hidden[0, :3] = 1.0
+    hidden[0, 3:] = 100.0          # padding: must not move the pooled value
+    hidden[1, :2] = 2.0
+    with torch.no_grad():
+        probe.heads.weight.copy_(torch.eye(20, 4))
+        probe.heads.bias.zero_()
+        out = probe(hidden, ids, eos)
+    assert out.shape == (2, 2, 10)
+    assert torch.allclose(out[0, 0, :4], torch.ones(4))
+    assert torch.allclose(out[1, 0, :4], torch.full((4,), 2.0))

@@ -2,7 +2,8 @@
 
 Plain containers; the loader fills them, the other nodes read them. `family` is one of:
 "sd1", "sd2", "sdxl", "sdxl_refiner", "sd_inpaint", "sd2_inpaint", "sd_x4_upscaler",
-"sd_latent_upscaler", "loom_builtin" (Loom's own small model behaves like "sd1").
+"sd_latent_upscaler", "loom_builtin" (Loom's own small model behaves like "sd1"), "pixel" (a
+pixel-space UNet2DModel: nodes.lib.pixel).
 """
 
 from __future__ import annotations
@@ -92,18 +93,24 @@ class VaeBundle:
 
 @dataclass(eq=False)
 class Conditioning:
-    """Text conditioning for a batch of one prompt (the sampler repeats it per image)."""
+    """Text conditioning for a batch of one prompt (the sampler repeats it per image), or a
+    class label for a class-conditional model (`embeds` None), or nothing at all for an
+    unconditional one (both None)."""
 
-    embeds: Any  # torch tensor [1, n_tokens, dim] (n_tokens = 77 * chunks)
+    embeds: Any  # torch tensor [1, n_tokens, dim] (n_tokens = 77 * chunks); None: no text
     pooled: Any = None  # SDXL: pooled text embedding [1, 1280]
     family: str = "sd1"
     extra: dict[str, Any] = field(default_factory=dict)
     """SDXL micro-conditioning: original_size, crops_coords_top_left, target_size (tuples);
     refiner: aesthetic_score. The UNet Step builds `add_time_ids` from these."""
+    class_labels: Any = None
+    """The UNet's `class_labels` for this conditioning, repeated per image by the UNet Step: a
+    class-conditional UNet2DModel's label (long tensor [1], Class Label node; CFG Combine
+    guides it against the null class's), or Stable unCLIP's noised image embedding."""
 
     @property
     def nbytes(self) -> int:
-        total = self.embeds.numel() * self.embeds.element_size()
+        total = 0 if self.embeds is None else self.embeds.numel() * self.embeds.element_size()
         if self.pooled is not None:
             total += self.pooled.numel() * self.pooled.element_size()
         return total

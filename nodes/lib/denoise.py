@@ -123,6 +123,11 @@ class UNetDenoiser:
             raise ValueError(f"{n_rows} latent rows cannot be split over {k} conditionings")
         b = n_rows // k
         negative = list(negative) if negative is not None else [False] * k
+        if is_pixel_unet(unet):
+            return self._pixel_unet(unet, x, t, conds, b, dtype, image_cond)
+        if any(c.embeds is None for c in conds):
+            raise ValueError("this model is conditioned on text; connect a prompt (Text "
+                             "Encode), not a class label")
 
         embeds = torch.cat([_repeat_rows(c.embeds, b) for c in conds]).to(device, dtype)
         model_in = x.to(dtype)
@@ -132,6 +137,8 @@ class UNetDenoiser:
         kwargs: dict[str, Any] = {}
         if image_cond is not None and image_cond.class_labels is not None:
             kwargs["class_labels"] = _repeat_rows(image_cond.class_labels.to(device), n_rows)
+        kwargs.update(_per_conditioning(unet, conds, negative, b, device, dtype,
+                                        "class_labels" in kwargs))
         if getattr(unet.config, "addition_embed_type", None) == "text_time":
             kwargs["added_cond_kwargs"] = self._sdxl_added(conds, negative, b, x, dtype,
                                                            positive)
@@ -150,6 +157,42 @@ class UNetDenoiser:
                                               step, dtype))
             out = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False,
                        **kwargs)[0]
+        return out.to(x.dtype)
+
+    def _pixel_unet(self, unet: Any, x: torch.Tensor, t: Any, conds: Sequence[Conditioning],
+                    b: int, dtype: torch.dtype,
+                    image_cond: ImageConditioning | None) -> torch.Tensor:
+        """A UNet2DModel (DDPM-style, pixel or latent space): no text, only the timestep and,
+        when class-conditional, one class label per row (conds[i]'s for rows of block i)."""
+        if self.controls:
+            raise ValueError("ControlNets need a text-conditioned UNet; this model is a "
+                             "UNet2DModel")
+        if image_cond is not None and image_cond.class_labels is not None:
+            raise ValueError("this UNet2DModel takes no class labels from the image "
+                             "conditioning")
+        labels = [c.class_labels for c in conds]
+        kwargs: dict[str, Any] = {}
+        if getattr(unet, "class_embedding", None) is not None:
+            if any(label is None for label in labels):
+                raise ValueError("this model is class-conditional: connect a Class Label "
+                                 "(and its null class as the negative for guidance)")
+            kwargs["class_labels"] = torch.cat(
+                [_repeat_rows(label.reshape(-1), b) for label in labels]).to(x.device)
+        elif any(label is not None for label in labels):
+            raise ValueError("this model is not class-conditional; use Unconditional instead "
+                             "of a Class Label")
+        model_in = x.to(dtype)
+        if image_cond is not None and image_cond.concat is not None:
+            # a pixel upsampler (Karlo's super-resolution UNets): the upsampled low-res image
+            # as extra input channels
+            extra = _repeat_rows(image_cond.concat.to(x.device, dtype), x.shape[0])
+            model_in = torch.cat([model_in, extra], dim=1)
+        if model_in.shape[1] != self.in_channels:
+            raise ValueError(f"the UNet takes {self.in_channels} input channels but got "
+                             f"{model_in.shape[1]}; make the noise with Pixel Noise connected "
+                             "to the model (an upsampler also needs its image conditioning)")
+        with _conv_backend(model_in):
+            out = unet(model_in, t, return_dict=False, **kwargs)[0]
         return out.to(x.dtype)
 
     def _sdxl_added(self, conds: Sequence[Conditioning], negative: Sequence[bool], b: int,
@@ -196,6 +239,70 @@ class UNetDenoiser:
             score = extra.get("aesthetic_score", 2.5 if negative else 6.0)
             return [*original, *crop, float(score)]
         return [*original, *crop, *target]
+
+
+def _rows_of(values: Sequence[Any], b: int) -> torch.Tensor:
+    """One row block per conditioning: its tensor repeated to b rows, or zeros like the
+    others' where it has none (the unconditional side of unCLIP guidance)."""
+    ref = next(v for v in values if v is not None)
+    return torch.cat([_repeat_rows(v if v is not None else torch.zeros_like(ref), b)
+                      for v in values])
+
+
+def _per_conditioning(unet: Any, conds: Sequence[Conditioning], negative: Sequence[bool],
+                      b: int, device: Any, dtype: torch.dtype,
+                      image_labels: bool = False) -> dict[str, Any]:
+    """UNet inputs that differ between the conditionings of one call (nodes.lib.unclip):
+    Stable unCLIP's class labels (the noised image embedding, zeros for the negative) and
+    Kandinsky 2.2's image embeddings (`added_cond_kwargs["image_embeds"]`). `image_labels`:
+    the image conditioning already gives class labels (the x4 upscaler's noise level)."""
+    kwargs: dict[str, Any] = {}
+    labels = [c.class_labels for c in conds]
+    if any(v is not None for v in labels):
+        if image_labels:
+            raise ValueError("class labels come from both the image conditioning and the "
+                             "prompt's unCLIP conditioning; connect one of them")
+        if getattr(unet, "class_embedding", None) is None:
+            raise ValueError("this UNet takes no class labels; unCLIP conditioning needs a "
+                             "Stable unCLIP model")
+        kwargs["class_labels"] = _rows_of(labels, b).to(device, dtype)
+    elif not image_labels and getattr(unet.config, "class_embed_type", None) == "projection":
+        if all(negative):  # the negative prompt alone (a prompt of another length): zeros
+            width = int(unet.config.projection_class_embeddings_input_dim)
+            kwargs["class_labels"] = torch.zeros(len(conds) * b, width, device=device,
+                                                 dtype=dtype)
+        else:
+            raise ValueError("this Stable unCLIP UNet needs the image embedding: connect the "
+                             "prompt through unCLIP Conditioning")
+    if getattr(unet.config, "addition_embed_type", None) in ("image", "image_hint"):
+        embeds = [(c.extra or {}).get("image_embeds") for c in conds]
+        if any(v is None for v in embeds):
+            raise ValueError("this Kandinsky UNet is conditioned on CLIP image embeddings: "
+                             "connect Image Embedding Conditioning (from a Prior or CLIP Image "
+                             "Encode) as the positive and the negative, not a text prompt")
+        kwargs["added_cond_kwargs"] = {"image_embeds": _rows_of(embeds, b).to(device, dtype)}
+    masks = [(c.extra or {}).get("attention_mask") for c in conds]
+    if any(m is not None for m in masks):  # Karlo's decoder: the text's padding is masked
+        if any(m is None for m in masks):
+            raise ValueError("one conditioning carries a text attention mask and another "
+                             "does not; make both with Karlo Decoder Conditioning")
+        kwargs["attention_mask"] = torch.cat([_repeat_rows(m, b) for m in masks]).to(device)
+    return kwargs
+
+
+def is_pixel_unet(unet: Any) -> bool:
+    """Whether `unet` is a diffusers UNet2DModel (no cross-attention: DDPM-style pixel models,
+    unconditional or class-conditional) rather than a text-conditioned UNet2DConditionModel."""
+    from diffusers import UNet2DModel
+
+    return isinstance(unet, UNet2DModel)
+
+
+def _batchable(a: Conditioning, b: Conditioning) -> bool:
+    """Whether two conditionings can share one UNet call (text of the same length, or none)."""
+    if a.embeds is None or b.embeds is None:
+        return a.embeds is None and b.embeds is None
+    return a.embeds.shape[1:] == b.embeds.shape[1:]
 
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
@@ -269,7 +376,7 @@ class GuidedDenoiser:
                  step: Step | None = None) -> torch.Tensor:
         if not self.do_cfg or not self.guides_at(t):
             return self.denoiser(x, t, [self.positive], [False], image_cond, step=step)
-        if self.negative.embeds.shape[1:] == self.positive.embeds.shape[1:]:
+        if _batchable(self.negative, self.positive):
             x2 = torch.cat([x] * 2)
             out = self.denoiser(x2, t, [self.negative, self.positive], [True, False], image_cond,
                                 step=step)
@@ -278,7 +385,20 @@ class GuidedDenoiser:
             uncond = self.denoiser(x, t, [self.negative], [True], image_cond, self.positive,
                                    step=step)
             cond = self.denoiser(x, t, [self.positive], [False], image_cond, step=step)
+        uncond, _ = split_variance(uncond, x.shape[1])
+        cond, variance = split_variance(cond, x.shape[1])
         guided = uncond + self.scale * (cond - uncond)
         if self.rescale > 0.0:
             guided = rescale_guidance(guided, cond, self.rescale)
+        if variance is not None:
+            guided = torch.cat([guided, variance], dim=1)
         return guided
+
+
+def split_variance(pred: torch.Tensor, channels: int) -> tuple[torch.Tensor, Any]:
+    """A prediction with a learned variance (GLIDE, DeepFloyd IF: twice the sample's channels)
+    as (noise, variance); (pred, None) otherwise. Guidance acts on the noise only and keeps the
+    conditional variance, as IFPipeline does; the scheduler (DDPM "learned_range") uses it."""
+    if pred.shape[1] == 2 * channels:
+        return pred[:, :channels], pred[:, channels:]
+    return pred, None

@@ -29,9 +29,11 @@ def open_image(path: Path) -> Image.Image:
 
 
 def pil_to_image(img: Image.Image) -> torch.Tensor:
-    """PIL -> IMAGE [1, 3, H, W] float 0..1 (x / 255, as diffusers' image processor)."""
+    """PIL -> IMAGE [1, 3, H, W] float 0..1 (x / 255, as diffusers' image processor), in the
+    standard (contiguous) layout: a channels-last view makes convolutions pick other kernels,
+    and a model fed it differs from the reference pipeline by ~5e-5."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None]
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
 def alpha_mask(img: Image.Image) -> torch.Tensor | None:

@@ -226,6 +226,9 @@ def folder_family(path: Path, index: dict[str, Any]) -> str:
     cls = str(index.get("_class_name", ""))
     unet_cfg_file = path / "unet" / "config.json"
     unet_cfg = read_json_object(unet_cfg_file) if unet_cfg_file.is_file() else {}
+    if unet_cfg.get("_class_name") == "UNet2DModel":
+        raise CheckpointError(f"{path}: a {cls or 'diffusers'} folder with a UNet2DModel (no "
+                              "text conditioning): load it with Load Pixel Model")
     in_ch = int(unet_cfg.get("in_channels", 4))
     cross = unet_cfg.get("cross_attention_dim")
     sd2 = cross == 1024 or (cross != 768 and bool(unet_cfg.get("use_linear_projection")))

@@ -61,6 +61,10 @@ def describe(kind: str, path: Path) -> dict[str, str]:
 
 def _checkpoint(path: Path) -> dict[str, str]:
     if path.is_dir():
+        unet = path / "unet" / "config.json"
+        if unet.is_file() and read_json_object(unet).get("_class_name") == "UNet2DModel":
+            # a DDPM / DDIM pixel model, for Load Pixel Model (nodes.lib.pixel)
+            return {"family": "pixel", "title": "Pixel-space UNet (DDPM / DDIM)"}
         fam = folder_family(path, read_json_object(path / "model_index.json"))
         return {"family": fam, "title": _title(fam)}
     head = _header(path)

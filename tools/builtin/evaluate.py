@@ -51,6 +51,50 @@ def held_out_prompts(per_pair: int = 3, seed: int = 11) -> list[str]:
     return out
 
 
+def colour_prompts(seed: int = 13) -> list[str]:
+    """Every colour with every shape it is trained with (held-out pairs left out), each on a
+    background drawn at random among those it may be drawn on: 36 prompts that ask for each
+    colour 3-4 times, so a colour the model mixes up with another shows up per colour."""
+    rng = random.Random(seed)
+    out = []
+    for colour in shapes.COLOURS:
+        for shape in shapes.SHAPES:
+            if (colour, shape) in shapes.HELD_OUT:
+                continue
+            scene = shapes.random_scene(rng, shapes.Caption(colour=colour, shape=shape))
+            out.append(shapes.Caption(colour=colour, shape=shape,
+                                      background=scene.background).text())
+    return out
+
+
+def colour_confusion(r: Renderer, prompts: list[str], seeds: list[int],
+                     scale: float) -> dict[str, dict[str, int]]:
+    """For each colour asked for, how often the analyser read each colour (None: no shape)."""
+    table: dict[str, dict[str, int]] = {}
+    for prompt in prompts:
+        want = shapes.parse_caption(prompt).colour
+        for seed in seeds:
+            for image in r.images(prompt, seed, scale):
+                got = str(shapes.analyse(image).colour)
+                row = table.setdefault(want, {})
+                row[got] = row.get(got, 0) + 1
+    return table
+
+
+def fmt_confusion(table: dict[str, dict[str, int]]) -> str:
+    lines = ["| colour asked | right | read instead |", "|---|---:|---|"]
+    total = right = 0
+    for colour, row in table.items():
+        n = sum(row.values())
+        ok = row.get(colour, 0)
+        total, right = total + n, right + ok
+        wrong = ", ".join(f"{k} {v}" for k, v in sorted(row.items(), key=lambda kv: -kv[1])
+                          if k != colour) or "-"
+        lines.append(f"| {colour} | {ok}/{n} | {wrong} |")
+    lines.append(f"| **all** | **{right}/{total} ({100 * right / max(1, total):.1f} %)** | |")
+    return "\n".join(lines)
+
+
 class Renderer:
     """A workflow (the default one unless named) in one engine session (models and prompt
     encodings are cached), with the model and any `--set` overrides applied."""
@@ -254,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(sets['held-out'])} held-out prompts (pairs never trained: "
           f"{', '.join(' '.join(p) for p in sorted(shapes.HELD_OUT))})")
     print(fmt_table(rows))
+    confusion = colour_confusion(r, colour_prompts(), seeds, default_scale)
+    print(f"\nEvery colour with every trained shape ({len(colour_prompts())} prompts, "
+          f"guidance {default_scale:g}):")
+    print(fmt_confusion(confusion))
+    report["colour_confusion"] = confusion
     neg_seeds = list(range(1, 4 * a.seeds + 1))
     red_plain = red_rate(a.model, neg_seeds, "", overrides=a.set)
     red_neg = red_rate(a.model, neg_seeds, "red", overrides=a.set)
