@@ -11,7 +11,6 @@ UNet Step and CFG Combine, which guide the noise half and keep the conditional v
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from nodes.lib import rng
 from nodes.lib.bundles import Conditioning, ModelBundle
 from nodes.lib.denoise import ImageConditioning
 from nodes.lib.model_files import CheckpointError
+from nodes.lib.model_files import read_json_object as _read_json
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
 
 T5_MAX_LENGTH = 77
@@ -70,16 +70,6 @@ class LoadedIF:
 
 
 # ---- what is in a folder (no weights read) -----------------------------------------------------
-
-
-def _read_json(p: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{p} cannot be read as JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{p} is not a JSON object")
-    return value
 
 
 def folder_problem(path: Path) -> str | None:

@@ -17,7 +17,6 @@ Weights are only read from safetensors; every component lives in the model manag
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from nodes.lib.bundles import ModelBundle
 from nodes.lib.denoise import ImageConditioning
+from nodes.lib.model_files import read_json_object as _read_json
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
 
 KANDINSKY = "kandinsky22"
@@ -135,16 +135,6 @@ class KandinskyInpaintConditioning(ImageConditioning):
 
 
 # ---- loading ----------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnclipFolderError(f"{path}: cannot read it as JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise UnclipFolderError(f"{path}: expected a JSON object")
-    return value
 
 
 def _need(folder: Path, subs: tuple[str, ...], what: str) -> None:
