@@ -186,7 +186,7 @@ def export(work: Path, out: Path) -> None:
 WORKFLOW = ROOT / "resources" / "workflows" / "builtin" / "class_conditional.json"
 
 
-def write_workflow(model: Path, path: Path = WORKFLOW, scale: float = 3.0) -> None:
+def write_workflow(model: Path, path: Path = WORKFLOW, scale: float = 2.0) -> None:
     """The model's workflow (the issue's contract: nodes `label`, `noise`, `cfg`, one Save
     Image): Load Pixel Model, Class Label against its null class through CFG Combine, DDIM 30
     steps, Pixel Noise at 32 px, Pixel Decode. Written with the export, so the shipped
