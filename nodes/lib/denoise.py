@@ -361,11 +361,7 @@ class GuidedDenoiser:
 
     def guides_at(self, t: Any) -> bool:
         """Whether timestep t lies in the guidance interval."""
-        if self.start <= 0.0 and self.end >= 1.0:
-            return True
-        total = float(self.model.scheduler_config.get("num_train_timesteps", 1000))
-        progress = 1.0 - float(t) / total
-        return self.start <= progress <= self.end
+        return in_interval(self.model, t, self.start, self.end)
 
     def check_latents(self, shape: Sequence[int]) -> str | None:
         check = getattr(self.denoiser, "check_latents", None)
@@ -393,6 +389,17 @@ class GuidedDenoiser:
         if variance is not None:
             guided = torch.cat([guided, variance], dim=1)
         return guided
+
+
+def in_interval(model: ModelBundle, t: Any, start: float, end: float) -> bool:
+    """Whether timestep t lies in [start, end] of the denoising (0 = pure noise, 1 = the clean
+    image), measured on the model's training timesteps: CFG Combine's and Loss Guidance's
+    interval."""
+    if start <= 0.0 and end >= 1.0:
+        return True
+    total = float(model.scheduler_config.get("num_train_timesteps", 1000))
+    progress = 1.0 - float(t) / total
+    return start <= progress <= end
 
 
 def split_variance(pred: torch.Tensor, channels: int) -> tuple[torch.Tensor, Any]:

@@ -192,8 +192,7 @@ def is_pixel_model(model: Any) -> bool:
 
     extra = model.extra or {}
     # pixel models' loaders record the image channels they denoise (nodes.pixel.pixel_channels)
-    return model.family == PIXEL_FAMILY or "sample_channels" in extra \
-        or bool(extra.get("pixel_space"))
+    return model.family == PIXEL_FAMILY or "sample_channels" in extra
 
 
 class LossGuidedDenoiser:
@@ -235,9 +234,9 @@ class LossGuidedDenoiser:
         return check(shape) if check is not None else None
 
     def guides_at(self, t: Any) -> bool:
-        total = float(self.model.scheduler_config.get("num_train_timesteps", 1000))
-        progress = 1.0 - float(t) / total
-        return self.start <= progress <= self.end
+        from nodes.lib.denoise import in_interval
+
+        return in_interval(self.model, t, self.start, self.end)
 
     def __call__(self, x: torch.Tensor, t: Any, image_cond: Any = None,
                  step: Any = None) -> torch.Tensor:
@@ -246,9 +245,9 @@ class LossGuidedDenoiser:
             return out
         alpha = alpha_cumprod_at(self.log_sigmas, t)
         prediction = self.model.prediction_type or "epsilon"
-        variance = None
-        if out.shape[1] == 2 * x.shape[1]:  # a learned variance (DeepFloyd IF): kept as it is
-            out, variance = out[:, :x.shape[1]], out[:, x.shape[1]:]
+        from nodes.lib.denoise import split_variance
+
+        out, variance = split_variance(out, x.shape[1])  # a learned variance (IF): kept as is
         xf, of = x.float(), out.float()
         x0 = predicted_clean(xf, of, alpha, prediction)
         grad = self.gradient(x0)

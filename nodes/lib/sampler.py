@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nodes.lib import rng
-from nodes.lib.denoise import ImageConditioning, Step
+from nodes.lib.denoise import ImageConditioning, Step, split_variance
 from nodes.lib.previews import latent_to_rgb
 from nodes.lib.schedules import SchedulerSpec, plan
 
@@ -169,8 +169,8 @@ def sample(denoiser: Any, spec: SchedulerSpec, noise: rng.Noise | None,
         hooks.check_cancelled()
         x_in = sched.scale_model_input(latents, t)
         pred = denoiser(x_in, t, image_cond, step=Step(i, n))
-        if not use_variance and pred.shape[1] == 2 * latents.shape[1]:
-            pred = pred[:, :latents.shape[1]]
+        if not use_variance:
+            pred = split_variance(pred, latents.shape[1])[0]
         previous = latents
         if next_timestep is not None:
             kwargs["prev_timestep"] = next_timestep[i]
