@@ -27,6 +27,8 @@ MOVQ = "MOVQ"  # nodes.lib.unclip.MovqBundle: Kandinsky's MoVQ image autoencoder
 UNCLIP_NOISE = "UNCLIP_NOISE"  # nodes.lib.unclip.NoiseAugBundle: Stable unCLIP's embedding
 # normalizer + noising schedule
 T5 = "T5"  # nodes.lib.deepfloyd.T5Bundle: DeepFloyd IF's T5 tokenizer + encoder
+NOISY_MODEL = "NOISY_MODEL"  # nodes.lib.noisy_models.NoisyModelBundle: a noise-aware classifier
+# or CLIP, for Classifier / CLIP Guidance
 
 for name, color, parents in (
     (MODEL, "#b39ddb", ()),
@@ -51,5 +53,6 @@ for name, color, parents in (
     (MOVQ, "#e57373", ()),
     (UNCLIP_NOISE, "#bcaaa4", ()),
     (T5, "#fff176", ()),
+    (NOISY_MODEL, "#4db6ac", ()),
 ):
     TYPES.register(name, color, parents)

@@ -1,14 +1,17 @@
-"""Loss guidance: steer any model's sampling towards images with a lower differentiable loss
-(a colour, a brightness, a reference image), by the gradient of the loss on the predicted clean
-image (nodes.lib.guidance says how and why). Losses are nodes of their own (LOSS edges), so a
-new one needs no change to the guidance."""
+"""Guidance beyond CFG, for any model (nodes.lib.guidance says how and why):
+- Loss Guidance: steer sampling towards images with a lower differentiable loss (a colour, a
+  brightness, a reference image), by the gradient of the loss on the predicted clean image.
+  Losses are nodes of their own (LOSS edges), so a new one needs no change to the guidance.
+- Classifier Guidance (Dhariwal & Nichol): the gradient of log p(class | noisy sample) from a
+  noise-aware classifier (Load Noise-Aware Model), added to the prediction."""
 
 from __future__ import annotations
 
 from engine.errors import NodeInputError
 from engine.node import Input, Output, RunContext, node
 from engine.types import FLOAT, STRING
-from nodes._types import GUIDED_DENOISER, IMAGE, LOSS, VAE
+from nodes._loading import existing_model_path
+from nodes._types import GUIDED_DENOISER, IMAGE, LOSS, NOISY_MODEL, VAE
 
 DEFAULT_SCALE = 1.0
 """The Colour / Loss Guidance default: with Loom's built-in model, #0000FF (mean mode, guided
@@ -161,3 +164,115 @@ class ImageSimilarityLossNode:
             raise NodeInputError("image", f"expected an RGB image [batch, 3, H, W], got shape "
                                  f"{tuple(self.image.shape)}")
         return ImageSimilarityLoss(self.image.detach().float().cpu())
+
+
+# ---- noise-aware models: classifier guidance ---------------------------------------------------
+
+
+@node("loaders.noisy_model", title="Load Noise-Aware Model", category="loaders",
+      version="1.0.0",
+      outputs=[Output("model", NOISY_MODEL, "the noise-aware classifier or CLIP, for "
+                                            "Classifier / CLIP Guidance"),
+               Output("classes", STRING, "a classifier's classes, one 'index: name' a line")])
+class LoadNoisyModelNode:
+    """Load a noise-aware model folder (config.json + model.safetensors, as Loom's training
+    scripts write them): a classifier or a CLIP image tower trained on *noisy* samples, so its
+    gradient means something from the first, noisiest step. Each reads one kind of sample
+    (a pixel model's images, or one VAE's latents), which its folder records."""
+
+    path = Input(STRING, default="", path=True, widget="folder", library="checkpoints",
+                 description="a noise-aware model folder (config.json, model.safetensors)")
+
+    @classmethod
+    def preflight(cls, values, ctx):
+        """Before anything runs: the folder's config names a kind Loom knows (no weights)."""
+        from nodes._loading import path_config_preflight
+
+        def problem(path, _config):
+            from nodes.lib.noisy_models import NoisyModelError, read_folder
+
+            try:
+                read_folder(path)
+            except NoisyModelError as exc:
+                return "path", str(exc)
+            return None
+
+        return path_config_preflight(values, ctx, "checkpoints",
+                                     "choose a noise-aware model folder", problem)
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.noisy_models import NoisyModelError, load_noisy_model
+
+        path = existing_model_path(self.path, ctx.options, "checkpoints",
+                                   "choose a noise-aware model folder")
+        try:
+            bundle = load_noisy_model(path, device=ctx.device)
+        except (NoisyModelError, OSError, RuntimeError) as exc:
+            raise NodeInputError("path", str(exc)) from exc
+        names = bundle.class_names
+        ctx.set_ui(kind=bundle.kind, space=bundle.space.kind, classes=len(names))
+        return bundle, "\n".join(f"{i}: {n}" for i, n in enumerate(names))
+
+
+def check_space(denoiser, noisy, input_name: str = "model") -> None:
+    """NodeInputError on `input_name` when the noise-aware model cannot read the samples of
+    the denoiser's model (pixels vs latents, channels)."""
+    from nodes.latents import _latent_channels
+    from nodes.lib.guidance import is_pixel_model
+    from nodes.lib.noisy_models import space_problem
+    from nodes.pixel import pixel_channels
+
+    model = denoiser.model
+    pixel = is_pixel_model(model)
+    channels = pixel_channels(model) if pixel else _latent_channels(model)
+    problem = space_problem(noisy.space, channels, pixel)
+    if problem is not None:
+        raise NodeInputError(input_name, f"this noise-aware model {problem}")
+
+
+@node("guidance.classifier", title="Classifier Guidance", category="guidance",
+      version="1.0.0",
+      outputs=[Output("denoiser", GUIDED_DENOISER, "the denoiser pulled towards the class, "
+                                                   "for the Sampler (or more guidance)")])
+class ClassifierGuidanceNode:
+    """Classifier guidance (Dhariwal & Nichol 2021): at every step within [start, end] the
+    gradient of log p(label | noisy sample) from a noise-aware classifier shifts the
+    prediction, ε̂ = ε − scale·√(1−ᾱ)·∇ log p, towards samples the classifier reads as the
+    label. Works on an unconditional model (the null class, CFG scale 1) or on top of CFG.
+    Costs one classifier forward and backward per guided step."""
+
+    denoiser = Input(GUIDED_DENOISER, description="a guided denoiser (CFG Combine)")
+    classifier = Input(NOISY_MODEL, description="a noise-aware classifier (Load Noise-Aware "
+                                                "Model) trained on this model's samples")
+    label = Input(STRING, default="0",
+                  description="the class to steer towards: an index or one of the "
+                              "classifier's names ('red circle')")
+    scale = Input(FLOAT, default=4.0, min=0.0, max=1000.0, step=0.1,
+                  description="the gradient's weight (0 = no guidance: exactly the unguided "
+                              "image)")
+    start = _start()
+    end = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
+                description="guide up to this point (1 = the clean image)")
+
+    def run(self, ctx: RunContext):
+        from nodes.lib.guidance import ClassifierScore, ScoreGuidedDenoiser
+
+        if not getattr(self.denoiser, "guided", False):
+            raise NodeInputError("denoiser", "connect a guided denoiser (CFG Combine)")
+        if self.classifier.kind != "noisy_classifier":
+            raise NodeInputError("classifier", f"is a {self.classifier.kind}, not a "
+                                 "noise-aware classifier")
+        check_space(self.denoiser, self.classifier, "classifier")
+        from nodes.lib.pixel import parse_class
+
+        names = self.classifier.class_names
+        try:
+            index = parse_class(self.label, len(names), names, "classifier")
+        except ValueError as exc:
+            raise NodeInputError("label", str(exc)) from None
+        if self.start > self.end:
+            raise NodeInputError("start", f"the guidance interval starts ({self.start}) "
+                                 f"after it ends ({self.end})")
+        ctx.set_ui(label=index)
+        return ScoreGuidedDenoiser(self.denoiser, ClassifierScore(self.classifier, index),
+                                   self.scale, self.start, self.end)

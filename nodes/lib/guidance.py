@@ -195,25 +195,23 @@ def is_pixel_model(model: Any) -> bool:
     return model.family == PIXEL_FAMILY or "sample_channels" in extra
 
 
-class LossGuidedDenoiser:
-    """A guided denoiser whose prediction is pulled, inside [start, end] of the denoising (0 =
-    pure noise, 1 = the clean image, as CFG Combine's interval), towards images with a lower
-    `loss` (module docstring). `vae`: the VaeBundle that turns a latent model's x̂0 into the
-    image the loss reads (None for a pixel model)."""
+class _PredictionGuidance:
+    """What every guidance that changes the prediction shares: it wraps a guided denoiser,
+    guides inside [start, end] of the denoising (0 = pure noise, 1 = the clean image, as CFG
+    Combine's interval) and moves the predicted clean sample x̂0 by `move`, handing the
+    Sampler the prediction of the moved x̂0 (module docstring: no scheduler is stepped
+    twice). A learned variance (IF) passes through unchanged."""
 
     guided = True
 
-    def __init__(self, denoiser: Any, loss: Loss, scale: float, start: float = 0.0,
-                 end: float = 1.0, vae: Any = None):
+    def __init__(self, denoiser: Any, scale: float, start: float = 0.0, end: float = 1.0):
         if not 0.0 <= start <= end <= 1.0:
             raise ValueError(f"guidance interval [{start}, {end}] must satisfy "
                              "0 <= start <= end <= 1")
         self.denoiser = denoiser
-        self.loss = loss
         self.scale = float(scale)
         self.start = float(start)
         self.end = float(end)
-        self.vae = vae
         # log σ at the training timesteps; computed once here (a run never changes the
         # denoiser: it is an input of the Sampler, which must leave its inputs as they are)
         self.log_sigmas = log_sigmas(denoiser.model.scheduler_config)
@@ -250,9 +248,28 @@ class LossGuidedDenoiser:
         out, variance = split_variance(out, x.shape[1])  # a learned variance (IF): kept as is
         xf, of = x.float(), out.float()
         x0 = predicted_clean(xf, of, alpha, prediction)
-        grad = self.gradient(x0)
-        guided = output_for(xf, x0 - self.scale * grad, alpha, prediction, of).to(out.dtype)
+        moved = self.move(xf, x0, alpha)
+        guided = output_for(xf, moved, alpha, prediction, of).to(out.dtype)
         return guided if variance is None else torch.cat([guided, variance], dim=1)
+
+    def move(self, x: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
+        """The guided x̂0, from the sample x_t, the model's x̂0 and ᾱ_t (all float32)."""
+        raise NotImplementedError
+
+
+class LossGuidedDenoiser(_PredictionGuidance):
+    """A guided denoiser whose prediction is pulled towards images with a lower `loss`
+    (module docstring). `vae`: the VaeBundle that turns a latent model's x̂0 into the image
+    the loss reads (None for a pixel model)."""
+
+    def __init__(self, denoiser: Any, loss: Loss, scale: float, start: float = 0.0,
+                 end: float = 1.0, vae: Any = None):
+        super().__init__(denoiser, scale, start, end)
+        self.loss = loss
+        self.vae = vae
+
+    def move(self, x: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
+        return x0 - self.scale * self.gradient(x0)
 
     def gradient(self, x0: torch.Tensor) -> torch.Tensor:
         """∇ of the images' summed mean losses with respect to x̂0, times the number of values
@@ -280,3 +297,51 @@ class LossGuidedDenoiser:
         z = from_latent(self.vae, x0.float()).to(param.device, param.dtype)
         decoded = vae.decode(z, return_dict=False)[0]
         return (decoded.float() / 2 + 0.5).to(x0.device)
+
+
+# ---- guidance by a noise-aware score (classifier, CLIP) --------------------------------------
+
+
+class ScoreGuidedDenoiser(_PredictionGuidance):
+    """Classifier guidance (Dhariwal & Nichol 2021) and GLIDE's CLIP guidance: the gradient of
+    a score of the *noisy* sample, log p(y | x_t) or the CLIP similarity f(x_t)·g(caption),
+    added to the prediction. `score(x_t, log_sigma)` takes the float32 sample and its noise
+    level log σ (one per row) and returns one value per row.
+
+    For an ε-prediction this is ε̂ = ε − scale·√(1−ᾱ)·∇_{x_t} score (their eq. 14, the form
+    that works with any sampler); the same shift expressed on x̂0, x̂0 + scale·(1−ᾱ)/√ᾱ·∇,
+    serves every prediction type through the shared re-expression. The score model reads x_t
+    itself, so unlike Loss Guidance no VAE is involved: a latent model needs a score model
+    trained on its latents (nodes.lib.noisy_models: the `space`)."""
+
+    def __init__(self, denoiser: Any, score: Any, scale: float, start: float = 0.0,
+                 end: float = 1.0):
+        super().__init__(denoiser, scale, start, end)
+        self.score = score
+
+    def move(self, x: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
+        grad = self.score_gradient(x, alpha)
+        return x0 + self.scale * (1 - alpha) / math.sqrt(alpha) * grad
+
+    def score_gradient(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        """∇_{x_t} of the rows' scores (each row's score depends only on its own sample)."""
+        log_sigma = torch.full((x.shape[0],), 0.5 * math.log((1 - alpha) / alpha),
+                               dtype=torch.float32)
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.score(leaf, log_sigma).sum(), leaf)
+        return grad
+
+
+@dataclass(eq=False)
+class ClassifierScore:
+    """log p(label | x_t, σ) from a noise-aware classifier (NoisyModelBundle)."""
+
+    classifier: Any
+    label: int
+
+    def __call__(self, x: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+        net = self.classifier.module()
+        param = next(net.parameters())
+        logits = net(x.to(param.device, param.dtype), log_sigma.to(param.device))
+        return torch.log_softmax(logits.float(), dim=-1)[:, self.label].to(x.device)

@@ -163,6 +163,12 @@ def parse_label(text: str, model) -> int:
     circle", case and surrounding spaces ignored). ValueError lists what is valid."""
     n = int((model.extra or {}).get("num_classes") or 0)
     names = list((model.extra or {}).get("class_names") or [])
+    return parse_class(text, n, names, "model")
+
+
+def parse_class(text: str, n: int, names: list[str], what: str) -> int:
+    """Index of a class of the `what` (model, classifier) with `n` classes, given as an index
+    ("3"; -1 = the last) or as one of its `names`; ValueError lists what is valid."""
     value = str(text).strip()
     try:
         index = int(value)
@@ -170,14 +176,14 @@ def parse_label(text: str, model) -> int:
         index = None
     if index is not None:
         if not -n <= index < n:
-            raise ValueError(f"class {index} is out of range: the model has {n} classes "
+            raise ValueError(f"class {index} is out of range: the {what} has {n} classes "
                              f"(0..{n - 1}; -1 = the last)")
         return index % n
     lowered = [name.strip().lower() for name in names]
     if value.lower() in lowered:
         return lowered.index(value.lower())
     if not names:
-        raise ValueError(f"{value!r} is not a class index, and the model folder lists no class "
-                         f"names ({CLASS_NAMES_FILE}); give an index 0..{n - 1}")
+        raise ValueError(f"{value!r} is not a class index, and the {what} folder lists no "
+                         f"class names ({CLASS_NAMES_FILE}); give an index 0..{n - 1}")
     listed = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
-    raise ValueError(f"unknown class {value!r}; the model's classes are {listed}")
+    raise ValueError(f"unknown class {value!r}; the {what}'s classes are {listed}")
