@@ -12,6 +12,9 @@
     python main.py import-comfy FILE -o WORKFLOW.json [--comfy-root DIR]
                                         convert a ComfyUI workflow (.json or .png)
     python main.py --safe ...           built-in nodes only (no plugins, no user nodes folder)
+    python main.py --vram MODE ...      GPU memory: auto (default: models stay on the GPU while
+                                        they fit, else move to RAM between nodes), high (all
+                                        stay), low (only the one in use), none (block by block)
 """
 
 from __future__ import annotations
@@ -24,6 +27,23 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+VRAM_MODES = ("auto", "high", "low", "none")  # nodes.lib.vram.MODES (torch-free copy)
+
+
+def _take_vram(argv: list[str]) -> str | None:
+    """Remove `--vram MODE` / `--vram=MODE` from argv (it applies to every command) and put it
+    in LOOM_VRAM, which nodes.lib.vram reads (batch workers inherit it); an error message for
+    a missing or unknown mode, else None."""
+    for i, item in enumerate(argv):
+        if item == "--vram" or item.startswith("--vram="):
+            value = item.partition("=")[2] if "=" in item else \
+                (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i:i + (1 if "=" in item else 2)]
+            if value not in VRAM_MODES:
+                return f"--vram: choose one of {', '.join(VRAM_MODES)} (got {value!r})"
+            os.environ["LOOM_VRAM"] = value
+            return None
+    return None
 
 
 def _registry(warn: bool = True):
@@ -435,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--safe" in argv:
         argv.remove("--safe")  # built-in nodes only, for every command (engine.plugins)
         os.environ["LOOM_SAFE"] = "1"
+    problem = _take_vram(argv)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     if argv and argv[0] in ("run", "batch", "nodes", "models", "import-comfy", "-h", "--help"):
         parser = build_parser()
         try:
@@ -448,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="Subcommands: run (headless render), batch (sweeps), "
                                         "nodes (catalogue), models (model library), import-comfy "
                                         "(ComfyUI workflows); "
-                                        "--safe: built-in nodes only")
+                                        "--safe: built-in nodes only; --vram "
+                                        "auto|high|low|none: GPU memory mode")
     ep.add_argument("file", nargs="?", help="workflow .json or .png to open")
     ep.add_argument("--screenshot", metavar="PATH", help="save a PNG of the window and exit")
     ep.add_argument("--render", action="store_true",

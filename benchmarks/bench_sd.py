@@ -120,13 +120,22 @@ def pipeline_image(pipe, steps: int, size: int, seed: int = SEED):
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
-def peak_rss(which: str, model: Path, steps: int, size: int) -> float:
-    """MiB of peak resident memory of a fresh process that renders one image."""
+def child_run(which: str, model: Path, steps: int, size: int, vram: str | None = None) -> dict:
+    """A fresh process that renders one image: its peak resident memory (MiB), peak VRAM
+    (MiB, CUDA), render seconds and a digest of the image; `vram`: Loom's --vram mode."""
+    env = dict(os.environ)
+    if vram is not None:
+        env["LOOM_VRAM"] = vram
     out = subprocess.run([sys.executable, __file__, "--rss-child", which, "--model", str(model),
                           "--steps", str(steps), "--size", str(size), "--device", DEVICE,
                           "--dtype", DTYPE, "--scale", str(SCALE), "--rescale", str(RESCALE)],
-                         capture_output=True, text=True, check=True)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss(which: str, model: Path, steps: int, size: int) -> float:
+    """MiB of peak resident memory of a fresh process that renders one image."""
+    got = child_run(which, model, steps, size)
     PEAK_VRAM[which] = got["peak_vram_mib"]
     return got["peak_mib"]
 
@@ -135,15 +144,21 @@ PEAK_VRAM: dict[str, float] = {}
 
 
 def rss_child(which: str, model: Path, steps: int, size: int) -> None:
+    import hashlib
+
+    start = time.perf_counter()
     if which == "loom":
         s, g = loom_session(model, steps, size)
-        loom_image(s, g)
+        image = loom_image(s, g)
     else:
-        pipeline_image(pipeline(model), steps, size)
+        image = pipeline_image(pipeline(model), steps, size)
+    seconds = time.perf_counter() - start
     import torch
     vram = torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else 0.0
+    pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_vram_mib": vram}))
+                      "peak_vram_mib": vram, "seconds": seconds,
+                      "digest": hashlib.sha256(pixels.tobytes()).hexdigest()[:16]}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         lv, pv = PEAK_VRAM["loom"], PEAK_VRAM["pipeline"]
         print(f"   peak VRAM (torch.cuda.max_memory_allocated): Loom {lv:.0f} MiB | pipeline "
               f"{pv:.0f} MiB | ratio {lv / pv:.2f}")
+    if DEVICE in ("cuda", "mps"):
+        print("\n4. Loom's --vram modes, one image each in a fresh process (load included)")
+        base = None
+        for mode in ("high", "auto", "low", "none"):
+            got = child_run("loom", a.model, a.steps, a.size, vram=mode)
+            base = base or got["digest"]
+            print(f"   {mode:<5} peak VRAM {got['peak_vram_mib']:7.0f} MiB, "
+                  f"{got['seconds']:6.1f} s, image {'same as high' if got['digest'] == base else 'DIFFERS from high'}")
     return 0
 
 

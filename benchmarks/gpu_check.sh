@@ -3,7 +3,8 @@
 # no GPU): install a CUDA build of torch beside Loom's requirements in a fresh venv, run the
 # tests that need CUDA (they skip on a CPU-only machine), then the SD-size benchmark: a random-
 # weight SD 1.5-architecture model, fp16, 512 px, 20 Euler steps, guidance 7, Loom's graph vs
-# diffusers' StableDiffusionPipeline side by side, with peak VRAM. Aims to finish in < 8 min.
+# diffusers' StableDiffusionPipeline side by side, with peak VRAM, then one image in each of Loom's
+# --vram modes (high/auto/low/none: peak VRAM, time, same image). Aims to finish in < 8 min.
 #
 #   bash benchmarks/gpu_check.sh [WORK_DIR]
 #
@@ -33,7 +34,7 @@ PY
 
 stamp "tests that need CUDA"
 QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 python -m pytest -q -rs \
-    tests/test_sampling_cuda.py tests/test_loaders.py tests/test_controlnet.py -k "cuda or gpu"
+    tests/test_sampling_cuda.py tests/test_loaders.py tests/test_controlnet.py tests/test_vram.py -k "cuda or gpu"
 
 stamp "SD-size benchmark: fp16, 512 px, 20 steps"
 HF_HUB_OFFLINE=1 python benchmarks/bench_sd.py --sd15-random "$WORK/sd15" --device cuda \

@@ -449,6 +449,7 @@ class Executor:
                 else:
                     value = node.values.get(name, inp.default if inp.has_default else None)
                 setattr(instance, name, value)
+            self.cache.memory.begin_node()
             outputs = spec.normalise_result(instance.run(ctx))
             for name, digest in before.items():
                 link = links[name]

@@ -54,6 +54,9 @@ class MemoryBudget:
         self._lock = threading.RLock()
         self.run_id = 0
         self._active_runs = 0
+        self.node_call = 0
+        """Counts node calls (the executor bumps it before each): what a node borrowed during
+        its own call is in use, so the GPU placement never moves it out from under it."""
         self.evictions: dict[str, int] = {}
 
     # pools ---------------------------------------------------------------------------------
@@ -112,6 +115,12 @@ class MemoryBudget:
             with self._lock:
                 self._active_runs -= 1
             self.make_room()
+
+    def begin_node(self) -> int:
+        """A node is about to run: a new node call (returned)."""
+        with self._lock:
+            self.node_call += 1
+            return self.node_call
 
     @property
     def current_run(self) -> int | None:

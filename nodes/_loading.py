@@ -41,12 +41,18 @@ def existing_model_path(value: str, options: dict[str, Any], kind: str, choose: 
 
 
 def apply_model_budget(options: dict[str, Any]) -> None:
-    """A run's `model_memory_gb` option, when given, becomes the model manager's budget."""
+    """A run's `model_memory_gb` option, when given, becomes the model manager's budget; its
+    `vram` option (auto|high|low|none), the process's GPU memory mode (nodes.lib.vram)."""
     budget = options.get("model_memory_gb")
     if budget is not None:
         from nodes.lib.model_manager import manager
 
         manager().set_budget(int(float(budget) * 2**30))
+    mode = options.get("vram")
+    if mode:
+        from nodes.lib import vram
+
+        vram.set_mode(str(mode))  # ValueError names the modes
 
 
 def subfolder_preflight(values: dict[str, Any], ctx: Any,

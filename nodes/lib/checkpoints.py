@@ -57,6 +57,7 @@ from nodes.lib.model_files import (
     read_json_object,
 )
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager
+from nodes.lib.vram import stage
 
 CONFIGS_DIR = PROJECT_ROOT / "resources" / "configs"
 TOKENIZER_DIR = PROJECT_ROOT / "resources" / "tokenizers" / "clip"
@@ -317,7 +318,7 @@ def _unet_from_single_file(info: CheckpointInfo, reader: _StateDictReader,
     converted = convert_ldm_unet_checkpoint(raw, config)
     del raw
     model = _empty(lambda: UNet2DConditionModel.from_config(config))
-    return _load_into(model, converted, "UNet", info, dtype).to(device).eval()
+    return stage(_load_into(model, converted, "UNet", info, dtype), device)
 
 
 def _vae_from_single_file(info: CheckpointInfo, reader: _StateDictReader,
@@ -333,7 +334,7 @@ def _vae_from_single_file(info: CheckpointInfo, reader: _StateDictReader,
     converted = convert_ldm_vae_checkpoint(raw, config)
     del raw
     model = _empty(lambda: AutoencoderKL.from_config(config))
-    return _load_into(model, converted, "VAE", info, dtype).to(device).eval()
+    return stage(_load_into(model, converted, "VAE", info, dtype), device)
 
 
 def _text_encoder_class(config: dict[str, Any]):
@@ -380,7 +381,7 @@ def _text_encoder_from_single_file(info: CheckpointInfo, reader: _StateDictReade
     else:
         converted = convert_ldm_clip_checkpoint(raw, remove_prefix=prefix)
     del raw
-    return _load_into(model, converted, f"text encoder ({sub})", info, dtype).to(device).eval()
+    return stage(_load_into(model, converted, f"text encoder ({sub})", info, dtype), device)
 
 
 def any_key(reader: _StateDictReader, prefix: str) -> bool:
@@ -469,7 +470,7 @@ def _folder_component(info: CheckpointInfo, sub: str, dtype: torch.dtype,
         cls = _text_encoder_class(_read_json(folder / "config.json"))
         model = cls.from_pretrained(str(folder), dtype=dtype, use_safetensors=True,
                                     local_files_only=True, variant=_variant(folder, "model"))
-    return model.to(device).eval()
+    return stage(model, device)
 
 
 # ---- the loader -------------------------------------------------------------------------------
@@ -541,13 +542,13 @@ def load_checkpoint(path: Path | str, family: str = "auto", prediction: str = "a
 
     if progress is not None:
         progress(0, total)
-    unet = unet_h.get() if unet_h is not None else None
+    unet = unet_h.preload() if unet_h is not None else None
     if unet_h is not None:
         loaded()
     if clip_h is not None:
-        clip_h.get()
+        clip_h.preload()
         loaded()
-    vae = vae_h.get() if vae_h is not None else None
+    vae = vae_h.preload() if vae_h is not None else None
     if vae_h is not None:
         loaded()
     if reader is not None:

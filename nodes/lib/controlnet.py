@@ -49,6 +49,7 @@ from nodes.lib.controlnet_files import (
 from nodes.lib.families import FAMILY_TABLE
 from nodes.lib.model_files import CheckpointError, read_json_object
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
+from nodes.lib.vram import stage
 
 
 @dataclass(eq=False)
@@ -105,7 +106,7 @@ def load_controlnet(path: Path | str, dtype: str = "auto", device: str = "auto",
             net = ControlNetModel.from_pretrained(
                 str(src.path), torch_dtype=dt, use_safetensors=True, local_files_only=True,
                 variant=_variant(src.path, "diffusion_pytorch_model"))
-            return net.to(dev).eval()
+            return stage(net, dev)
         state = _read_state(src.path)
         cfg = given if given is not None else single_file_config(
             {k: tuple(v.shape) for k, v in state.items()}, src.path.name)
@@ -114,7 +115,7 @@ def load_controlnet(path: Path | str, dtype: str = "auto", device: str = "auto",
 
     handle = ModelHandle(models, key, build)
     # load now (errors and time belong to the loader node); the bundle keeps only the handle
-    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in handle.get().config.items()}
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in handle.preload().config.items()}
     return ControlNetBundle(handle, config_family(cfg), cfg, dt, dev, str(src.path))
 
 
@@ -204,7 +205,7 @@ def _from_state(state: dict[str, torch.Tensor], cfg: dict[str, Any], name: str,
             "'mid'), give its diffusers config.json as the loader's config.")
     fixed = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in converted.items()}
     model.load_state_dict(fixed, strict=True, assign=True)
-    return model.to(device).eval()
+    return stage(model, device)
 
 
 # ---- compatibility --------------------------------------------------------------------------

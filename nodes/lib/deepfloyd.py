@@ -26,6 +26,7 @@ from nodes.lib.denoise import ImageConditioning
 from nodes.lib.model_files import CheckpointError
 from nodes.lib.model_files import read_json_object as _read_json
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
+from nodes.lib.vram import module_device, stage
 
 T5_MAX_LENGTH = 77
 """IFPipeline.encode_prompt pads and truncates every prompt to 77 T5 tokens."""
@@ -149,7 +150,7 @@ def encode_t5(t5: T5Bundle, text: str) -> Conditioning:
     padded to 77 tokens, encoded with its attention mask (the padded positions keep T5's
     output, as in diffusers)."""
     tokenizer, encoder = t5.tokenizer, t5.encoder
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     tokens = tokenizer([text.lower().strip()], padding="max_length", max_length=T5_MAX_LENGTH,
                        truncation=True, add_special_tokens=True, return_tensors="pt")
     out = encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
@@ -189,7 +190,7 @@ def load_if(path: Path, dtype: str = "auto", device: str = "auto",
         unet = UNet2DConditionModel.from_pretrained(
             str(path), subfolder="unet", torch_dtype=dt, use_safetensors=True,
             local_files_only=True, variant=_weights_variant(folder, "diffusion_pytorch_model"))
-        return unet.to(dev).eval()
+        return stage(unet, dev)
 
     def build_t5():
         from transformers import T5EncoderModel
@@ -199,7 +200,7 @@ def load_if(path: Path, dtype: str = "auto", device: str = "auto",
         encoder = T5EncoderModel.from_pretrained(
             str(folder), dtype=dt, use_safetensors=True, local_files_only=True,
             variant=_weights_variant(folder, "model"))
-        return tokenizer, encoder.to(dev).eval()
+        return tokenizer, stage(encoder, dev)
 
     has_t5 = (path / "text_encoder" / "config.json").is_file() and bool(
         index.get("text_encoder")) and index.get("text_encoder") != [None, None]
@@ -208,11 +209,11 @@ def load_if(path: Path, dtype: str = "auto", device: str = "auto",
     total = 2 if has_t5 else 1
     if progress is not None:
         progress(0, total)
-    unet = unet_h.get()
+    unet = unet_h.preload()
     if progress is not None:
         progress(1, total)
     if t5_h is not None:
-        t5_h.get()
+        t5_h.preload()
         if progress is not None:
             progress(2, total)
 

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nodes.lib.vram import placement
+
 # ---- losses -----------------------------------------------------------------------------------
 
 
@@ -293,7 +295,7 @@ class LossGuidedDenoiser(_PredictionGuidance):
         from nodes.lib.vae import from_latent
 
         vae = self.vae.vae
-        param = next(vae.parameters())
+        param = placement(vae)
         z = from_latent(self.vae, x0.float()).to(param.device, param.dtype)
         decoded = vae.decode(z, return_dict=False)[0]
         return (decoded.float() / 2 + 0.5).to(x0.device)
@@ -342,6 +344,6 @@ class ClassifierScore:
 
     def __call__(self, x: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
         net = self.classifier.module()
-        param = next(net.parameters())
+        param = placement(net)
         logits = net(x.to(param.device, param.dtype), log_sigma.to(param.device))
         return torch.log_softmax(logits.float(), dim=-1)[:, self.label].to(x.device)

@@ -34,6 +34,7 @@ from nodes.lib.unclip import (
     _text_parts,
     _weights_check,
 )
+from nodes.lib.vram import placement, stage
 
 KARLO = "karlo"  # the prior's and the decoder's family
 KARLO_SUPER_RES = "karlo_super_res"
@@ -52,7 +53,7 @@ def _module(path: Path, sub: str, cls_name: str, dtype, device):
         cls = getattr(diffusers, cls_name)
     module = cls.from_pretrained(str(path), subfolder=sub, torch_dtype=dtype,
                                  use_safetensors=True, local_files_only=True)
-    return module.to(device).eval()
+    return stage(module, device)
 
 
 def _config(path: Path, sub: str, name: str, cls_name: str | None = None) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def decoder_conditioning(model: ModelBundle, prompt: PriorPrompt, embeds: torch.
     negative uses the unconditional text and the learned classifier-free-guidance embedding in
     place of the image embedding, as the pipeline does."""
     proj = resolve(model.extra["text_proj"])
-    p = next(proj.parameters())
+    p = placement(proj)
     batch = embeds.shape[0]
     n_extra = int(proj.config.clip_extra_context_tokens)
 

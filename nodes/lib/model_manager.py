@@ -15,7 +15,7 @@ import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.memory import MemoryBudget, default_budget
@@ -46,6 +46,11 @@ class _Entry:
     value: Any
     nbytes: int
     run: int | None = None  # the last graph run that used it (protected while it runs)
+    staged: list = field(default_factory=list)
+    """Its modules that run on a GPU but may wait in CPU RAM (nodes.lib.vram.stage)."""
+    resident: Any = None  # the device the staged modules are on now (None: the CPU)
+    vram_bytes: int = 0
+    node_call: int = -1  # the node call that last borrowed it (not moved out during it)
 
 
 class ModelManager:
@@ -65,6 +70,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._keep: Hashable | None = None
         self.loads = 0  # how many times a loader actually ran (tests and status display)
+        self.offloads = 0  # how many times weights moved from a GPU back to CPU RAM
         self.evictions = 0
         memory.register(self)
 
@@ -76,23 +82,105 @@ class ModelManager:
         self.memory.set_budget(budget_bytes)
 
     def get(self, key: Hashable, load: Callable[[], Any],
-            size: Callable[[Any], int] = module_nbytes) -> Any:
-        """The value stored under `key`, loading (and storing) it first if needed."""
+            size: Callable[[Any], int] = module_nbytes, borrow: bool = True) -> Any:
+        """The value stored under `key`, loading (and storing) it first if needed. `borrow`:
+        a node is about to compute with it, so its GPU modules move in (nodes.lib.vram);
+        False for a loader node that only loads it (or reads its config)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 entry.run = self.memory.current_run
+                if borrow:
+                    self._borrow(key, entry)
                 return entry.value
             value = load()
             self.loads += 1
-            self._entries[key] = _Entry(value, int(size(value)), self.memory.current_run)
+            entry = _Entry(value, int(size(value)), self.memory.current_run)
+            self._entries[key] = entry
             self._keep = key
             try:
                 self.memory.make_room()
             finally:
                 self._keep = None
+            self._stage(entry)
+            if borrow:
+                self._borrow(key, entry)
             return value
+
+    # GPU placement (nodes.lib.vram) ----------------------------------------------------------
+    def _stage(self, entry: _Entry) -> None:
+        """Note a new entry's staged modules (loaded on the CPU to run on a GPU)."""
+        if not isinstance(entry.value, (list, tuple, dict)) and \
+                not hasattr(entry.value, "parameters"):
+            return
+        from nodes.lib import vram
+
+        entry.staged = list(vram.staged_modules(entry.value))
+        entry.vram_bytes = sum(vram.param_bytes(m) for m in entry.staged)
+
+    def _borrow(self, key: Hashable, entry: _Entry) -> None:
+        """Before a node uses an entry whose modules run on a GPU: move them in, first moving
+        others out (least recently used first; in "low" mode all others) until they fit the
+        device's budget; what the current node call already borrowed stays. A component that
+        does not fit even then runs block by block instead."""
+        if not entry.staged:
+            return
+        from nodes.lib import vram
+
+        # a module another entry shares (LoRA's copy keeps the unpatched encoder) may have
+        # gone block by block since: it is no longer moved whole
+        entry.staged = [m for m in entry.staged if getattr(m, vram.EXEC_ATTR, None) is not None]
+        entry.vram_bytes = sum(vram.param_bytes(m) for m in entry.staged)
+        if not entry.staged:
+            return
+        call = entry.node_call = self.memory.node_call
+        device = vram.module_device(entry.staged[0])
+        low = vram.current_mode() == "low"
+        others = [e for k, e in self._entries.items()
+                  if k != key and e.resident == device]
+        if entry.resident == device:
+            if low:  # only what the running node borrowed stays with it
+                for other in others:
+                    if other.node_call != call:
+                        self._move_out(other)
+            return
+        used = sum(e.vram_bytes for e in others)
+        limit = vram.budget(device, used)
+        for other in others:  # least recently used first
+            if not low and used + entry.vram_bytes <= limit:
+                break
+            if other.node_call == call:
+                continue  # the running node holds it
+            self._move_out(other)
+            used -= other.vram_bytes
+        if used + entry.vram_bytes > limit and not low:
+            for module in entry.staged:
+                vram.block_offload(module, device)
+            entry.staged, entry.vram_bytes = [], 0
+            return
+        for module in entry.staged:
+            module.to(device)
+        entry.resident = device
+
+    def _move_out(self, entry: _Entry) -> None:
+        moved = {id(m) for m in entry.staged}
+        for module in entry.staged:
+            module.to("cpu")
+        for other in self._entries.values():  # entries sharing a module are not resident now
+            if any(id(m) in moved for m in other.staged):
+                other.resident = None
+        self.offloads += 1
+        _empty_device_caches()
+
+    def vram_stats(self) -> dict[str, int]:
+        """{device: bytes of weights resident there} for staged entries (status display)."""
+        with self._lock:
+            out: dict[str, int] = {}
+            for e in self._entries.values():
+                if e.resident is not None:
+                    out[str(e.resident)] = out.get(str(e.resident), 0) + e.vram_bytes
+            return out
 
     def peek(self, key: Hashable) -> Any | None:
         with self._lock:
@@ -168,6 +256,12 @@ class ModelHandle:
         value = self.models.get(self.key, self.load)
         return value if self.index is None else value[self.index]
 
+    def preload(self) -> Any:
+        """Load (if needed) without borrowing: what a loader node does so that errors and load
+        time belong to it; the weights stay where the VRAM mode keeps idle models."""
+        value = self.models.get(self.key, self.load, borrow=False)
+        return value if self.index is None else value[self.index]
+
     def part(self, index: int) -> ModelHandle:
         """A handle to item `index` of a tuple-valued component (tokenizers, text encoders)."""
         return ModelHandle(self.models, self.key, self.load, index)
@@ -199,6 +293,11 @@ def resolve(ref: Any) -> Any:
 def _free_memory() -> None:
     gc.collect()
     _trim_heap()
+    _empty_device_caches()
+
+
+def _empty_device_caches() -> None:
+    """Hand the GPU allocator's cached blocks back (after weights left the device)."""
     try:
         import torch
     except ImportError:  # pragma: no cover

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nodes.lib import vram
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -113,7 +115,10 @@ class NoiseLevelEncoder(nn.Module):
                                            temb_channels=temb, groups=groups))
             self.blocks.append(stage)
             last = i == len(chans) - 1
-            self.downs.append(nn.Identity() if last else Downsample2D(ch, use_conv=True))
+            # name="op": diffusers' default name registers the conv twice (conv and
+            # Conv2d_0, for old checkpoints), which safetensors refuses to save
+            self.downs.append(nn.Identity() if last else
+                              Downsample2D(ch, use_conv=True, name="op"))
             prev = ch
         self.norm_out = nn.GroupNorm(groups, prev)
         self.proj = nn.Linear(prev, config.out_dim)
@@ -172,6 +177,19 @@ def register_kind(kind: str, build: Callable[[dict[str, Any]], nn.Module]) -> No
     _KINDS[kind] = build
 
 
+_KIND_MODULES = ("nodes.lib.noisy_clip",)
+"""Modules that register further kinds when imported: imported on first need (they import
+this module, so not at its top)."""
+
+
+def _kinds() -> dict[str, Callable[[dict[str, Any]], nn.Module]]:
+    import importlib
+
+    for name in _KIND_MODULES:
+        importlib.import_module(name)
+    return _KINDS
+
+
 @dataclass
 class Space:
     """The samples a noise-aware model reads: "pixels" (an image in [-1, 1]) or "latents"
@@ -221,7 +239,7 @@ def read_folder(path: Path | str) -> NoisyModelFolder:
     if not isinstance(config, dict):
         raise NoisyModelError(f"{path / CONFIG_NAME} is not a JSON object")
     kind = config.get("kind")
-    if kind not in _KINDS:
+    if kind not in _kinds():
         raise NoisyModelError(f"{path / CONFIG_NAME}: unknown kind {kind!r} (Loom knows "
                               f"{', '.join(sorted(_KINDS))})")
     try:
@@ -252,6 +270,7 @@ def save_folder(model: nn.Module, path: Path | str, space: Space,
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shipped folder private
             os.replace(tmp, path / name)
         finally:
             if os.path.exists(tmp):
@@ -259,7 +278,7 @@ def save_folder(model: nn.Module, path: Path | str, space: Space,
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    return _KINDS[config["kind"]](config)
+    return _kinds()[config["kind"]](config)
 
 
 def load_weights(folder: NoisyModelFolder, device: Any = "cpu") -> nn.Module:
@@ -274,7 +293,7 @@ def load_weights(folder: NoisyModelFolder, device: Any = "cpu") -> nn.Module:
         raise NoisyModelError(f"{folder.path / WEIGHTS_NAME} does not match its config: "
                               f"missing {sorted(missing)[:3]}, unexpected "
                               f"{sorted(unexpected)[:3]}")
-    return model.to(device).eval().requires_grad_(False)
+    return vram.stage(model.requires_grad_(False), device)
 
 
 @dataclass(eq=False)
@@ -307,14 +326,16 @@ def load_noisy_model(path: Path | str, device: str = "cpu", models: Any = None
     """A noise-aware model folder as a bundle, its weights in the model manager (keyed by the
     folder's identity, so an edited folder loads again)."""
     from engine.paths import file_identity
+    from nodes.lib.checkpoints import resolve_device
     from nodes.lib.model_manager import ModelHandle, manager
 
     folder = read_folder(path)
     models = manager() if models is None else models
     identity = file_identity(folder.path)
+    device = resolve_device(str(device))  # a run's "auto": CUDA, MPS or the CPU
     handle = ModelHandle(models, (identity, f"noisy@{folder.config['kind']}", "float32",
                                   str(device)), lambda: load_weights(folder, device))
-    handle.get()  # load now: errors and time belong to the loader node
+    handle.preload()  # load now: errors and time belong to the loader node
     return NoisyModelBundle(handle, folder.config, folder.space, str(folder.path))
 
 

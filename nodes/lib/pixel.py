@@ -136,10 +136,12 @@ def load_pixel_model(path: Path | str, dtype: str = "auto", device: str = "auto"
             str(folder.path), subfolder="unet", torch_dtype=dt, use_safetensors=True,
             local_files_only=True,
             variant=_variant(folder.path / "unet", "diffusion_pytorch_model"))
-        return unet.to(dev).eval()
+        from nodes.lib.vram import stage
+
+        return stage(unet, dev)
 
     handle = ModelHandle(models, (identity, "unet@pixel", _dtype_name(dt), str(dev)), build)
-    handle.get()  # load now: errors and time belong to the loader node
+    handle.preload()  # load now: errors and time belong to the loader node
     sched = dict(folder.scheduler_config)
     if prediction == "auto":
         prediction = sched.get("prediction_type") or "epsilon"

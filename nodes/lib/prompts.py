@@ -253,7 +253,9 @@ def _encode_chunk(encoder, ids, mask, family: str, clip_skip: int, is_sdxl: bool
     """Hidden states for one 77-token row, selected the way the family's pipeline does."""
     import torch
 
-    device = next(encoder.parameters()).device
+    from nodes.lib.vram import module_device
+
+    device = module_device(encoder)
     ids_t = torch.tensor([ids], dtype=torch.long, device=device)
     kwargs = {}
     if getattr(encoder.config, "use_attention_mask", False):  # as StableDiffusionPipeline

@@ -28,6 +28,7 @@ from nodes.lib.bundles import ModelBundle
 from nodes.lib.denoise import ImageConditioning
 from nodes.lib.model_files import read_json_object as _read_json
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
+from nodes.lib.vram import module_device, placement, stage
 
 KANDINSKY = "kandinsky22"
 KANDINSKY_INPAINT = "kandinsky22_inpaint"
@@ -163,7 +164,7 @@ def _key(path: Path, component: str, dtype: torch.dtype, device: torch.device) -
 def _handle(models: ModelManager, path: Path, component: str, dtype, device, load) -> Any:
     """A handle to `component`, loaded now so that errors belong to the loader node."""
     h = ModelHandle(models, _key(path, component, dtype, device), load)
-    h.get()
+    h.preload()
     return h
 
 
@@ -176,7 +177,7 @@ def _text_parts(path: Path, tok_sub: str, enc_sub: str, dtype, device):
     tokenizer = load_tokenizer(path / tok_sub)
     encoder = CLIPTextModelWithProjection.from_pretrained(
         str(path / enc_sub), dtype=dtype, use_safetensors=True, local_files_only=True)
-    return tokenizer, encoder.to(device).eval()
+    return tokenizer, stage(encoder, device)
 
 
 def _prior_module(path: Path, sub: str, dtype, device):
@@ -185,7 +186,7 @@ def _prior_module(path: Path, sub: str, dtype, device):
     _weights_check(path / sub, "diffusion_pytorch_model")
     prior = PriorTransformer.from_pretrained(str(path), subfolder=sub, torch_dtype=dtype,
                                              use_safetensors=True, local_files_only=True)
-    return prior.to(device).eval()
+    return stage(prior, device)
 
 
 def _image_encoder_parts(path: Path, proc_sub: str, dtype, device):
@@ -195,7 +196,7 @@ def _image_encoder_parts(path: Path, proc_sub: str, dtype, device):
     processor = CLIPImageProcessor.from_pretrained(str(path / proc_sub), local_files_only=True)
     encoder = CLIPVisionModelWithProjection.from_pretrained(
         str(path / "image_encoder"), dtype=dtype, use_safetensors=True, local_files_only=True)
-    return processor, encoder.to(device).eval()
+    return processor, stage(encoder, device)
 
 
 def load_image_encoder(path: Path, dtype, device, models: ModelManager | None = None
@@ -246,7 +247,7 @@ def _unet(path: Path, dtype, device):
     _weights_check(path / "unet", "diffusion_pytorch_model")
     unet = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", torch_dtype=dtype,
                                                 use_safetensors=True, local_files_only=True)
-    return unet.to(device).eval()
+    return stage(unet, device)
 
 
 def _movq(path: Path, dtype, device):
@@ -255,7 +256,7 @@ def _movq(path: Path, dtype, device):
     _weights_check(path / "movq", "diffusion_pytorch_model")
     movq = VQModel.from_pretrained(str(path), subfolder="movq", torch_dtype=dtype,
                                    use_safetensors=True, local_files_only=True)
-    return movq.to(device).eval()
+    return stage(movq, device)
 
 
 def load_kandinsky_decoder(path: Path, dtype, device, models: ModelManager | None = None
@@ -295,7 +296,7 @@ def _normalizer(path: Path, dtype, device):
     norm = StableUnCLIPImageNormalizer.from_pretrained(
         str(path), subfolder="image_normalizer", torch_dtype=dtype, use_safetensors=True,
         local_files_only=True)
-    return norm.to(device).eval()
+    return stage(norm, device)
 
 
 def load_noise_aug(path: Path, dtype, device, models: ModelManager | None = None
@@ -331,7 +332,7 @@ def zero_image_embeds(encoder_bundle: ImageEncoderBundle, batch: int = 1) -> tor
     _, encoder = encoder_bundle.parts
     size = int(encoder.config.image_size)
     dtype = next(encoder.parameters()).dtype
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     with torch.no_grad():
         zero = torch.zeros(1, 3, size, size, device=device, dtype=dtype)
         return encoder(zero).image_embeds.float().cpu().repeat(batch, 1)
@@ -360,7 +361,7 @@ class PriorPrompt:
 def encode_prior_prompt(bundle: PriorBundle, text: str, negative: str = "") -> PriorPrompt:
     """Encode a prompt for the prior (KandinskyV22PriorPipeline._encode_prompt)."""
     tokenizer, encoder = bundle.text
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     texts = [text] + ([negative] if negative else [])
     uncond = [negative if negative else ""] * len(texts)
     e, h, m = _encode_texts(tokenizer, encoder, texts, device)
@@ -376,7 +377,7 @@ def run_prior(bundle: PriorBundle, prompt: PriorPrompt, steps: int, guidance: fl
     for the negative prompt, drawn in the same batch as diffusers' KandinskyV22PriorPipeline
     does; without one, the blank-image embedding, or None without an image encoder)."""
     prior = bundle.prior
-    device = next(prior.parameters()).device
+    device = module_device(prior)
     cfg = guidance > 1.0
 
     def rows(t: torch.Tensor) -> torch.Tensor:
@@ -439,7 +440,7 @@ def encode_images(bundle: ImageEncoderBundle, image: torch.Tensor) -> torch.Tens
     processor, encoder = bundle.parts
     pictures = [as_pil(a) for a in image_to_uint8(image)]
     pixels = processor(images=pictures, return_tensors="pt").pixel_values
-    param = next(encoder.parameters())
+    param = placement(encoder)
     return encoder(pixels.to(param.device, param.dtype)).image_embeds.float().cpu()
 
 
@@ -473,7 +474,7 @@ def noise_image_embeds(bundle: NoiseAugBundle, embeds: torch.Tensor, noise_level
     noise = torch.randn(embeds.shape, generator=gen, device="cpu", dtype=embeds.dtype)
     levels = torch.tensor([int(noise_level)] * embeds.shape[0])
     norm = bundle.normalizer
-    p = next(norm.parameters())
+    p = placement(norm)
     cls = getattr(diffusers, bundle.scheduler_config.get("_class_name") or "DDPMScheduler")
     sched = cls.from_config(dict(bundle.scheduler_config))
     x = norm.scale(embeds.to(p.device, p.dtype)).float().cpu()
@@ -492,7 +493,7 @@ def movq_decode(bundle: MovqBundle, latent: torch.Tensor) -> torch.Tensor:
     """Latents -> IMAGE in 0..1: the unquantised MoVQ decoder, as the Kandinsky pipelines
     decode (no scaling factor; force_not_quantize)."""
     movq = bundle.movq
-    p = next(movq.parameters())
+    p = placement(movq)
     out = movq.decode(latent.to(p.device, p.dtype), force_not_quantize=True).sample
     return (out.float() * 0.5 + 0.5).clamp(0, 1).cpu()
 
@@ -501,7 +502,7 @@ def movq_decode(bundle: MovqBundle, latent: torch.Tensor) -> torch.Tensor:
 def movq_encode(bundle: MovqBundle, image: torch.Tensor) -> torch.Tensor:
     """IMAGE in 0..1 -> MoVQ latents (the encoder's continuous output, before quantisation)."""
     movq = bundle.movq
-    p = next(movq.parameters())
+    p = placement(movq)
     # laid out in memory as the pipelines' images from numpy are (NHWC), so that the
     # convolutions sum in the same order and the latents agree with diffusers' to the bit
     b, c, h, w = image.shape

@@ -42,6 +42,7 @@ from nodes.lib.model_info import (
     vae_layout,
 )
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager
+from nodes.lib.vram import stage
 
 SCALING = {"sd1": 0.18215, "sdxl": 0.13025}
 
@@ -129,7 +130,7 @@ def load_vae(path: Path | str, family: str = "auto", dtype: str = "auto",
             vae = AutoencoderKL.from_pretrained(
                 str(src.path), torch_dtype=dt, use_safetensors=True, local_files_only=True,
                 variant=_variant(src.path, "diffusion_pytorch_model"))
-            return vae.to(dev).eval()
+            return stage(vae, dev)
         state = _read_vae_state(src.path)
         cfg = dict(given) if given is not None else vae_config_from_shapes(
             {k: tuple(v.shape) for k, v in state.items()}, vae_config(fam))
@@ -146,11 +147,11 @@ def load_vae(path: Path | str, family: str = "auto", dtype: str = "auto",
             raise CheckpointError(
                 f"{src.path.name}: Loom's {fam} VAE configuration does not fit the shapes of "
                 f"its weights ({exc}); give the VAE's config.json as `config`") from exc
-        return _load_strict(model, state, src.path.name, dt).to(dev).eval()
+        return stage(_load_strict(model, state, src.path.name, dt), dev)
 
     handle = ModelHandle(models, key, build)
     # load now (errors and time belong to the loader node); the bundle keeps only the handle
-    vae_cfg = handle.get().config
+    vae_cfg = handle.preload().config
     scaling = float(vae_cfg.scaling_factor) if family == "auto" else SCALING[fam]
     force_upcast = bool(getattr(vae_cfg, "force_upcast", fam == "sdxl"))
     return VaeBundle(handle, fam, scaling, dt, dev, str(src.path), force_upcast=force_upcast,
