@@ -13,7 +13,13 @@ Prints, measured in this one run:
   2. text-encoder and UNet calls, and time, for: a re-run after changing only the seed (goal:
      0 text-encoder calls), a re-run with nothing changed (goal: 0 model calls, under 20 ms),
      a 4-seed sweep (goal: the prompts encoded once, not four times);
-  3. peak resident memory of one image, Loom vs pipeline, each in a fresh process.
+     a prompt change; each timed against one image of the pipeline (which has no cache);
+  3. peak resident memory and the first image after start (model load included), Loom vs
+     pipeline, each in a fresh process;
+  4. the UNet's achieved FLOP rate in Loom's sampling step (FLOPs counted by torch's
+     FlopCounterMode for one CFG step, divided by the step's median time) as a share of this
+     machine's fp32 matrix-multiply rate measured in the same run (2048x2048 GEMM);
+  5. (GPU) one image per --vram mode: peak VRAM, time, same image or not.
 """
 from __future__ import annotations
 
@@ -137,10 +143,12 @@ def peak_rss(which: str, model: Path, steps: int, size: int) -> float:
     """MiB of peak resident memory of a fresh process that renders one image."""
     got = child_run(which, model, steps, size)
     PEAK_VRAM[which] = got["peak_vram_mib"]
+    FIRST_IMAGE[which] = got["seconds"]
     return got["peak_mib"]
 
 
 PEAK_VRAM: dict[str, float] = {}
+FIRST_IMAGE: dict[str, float] = {}
 
 
 def rss_child(which: str, model: Path, steps: int, size: int) -> None:
@@ -159,6 +167,52 @@ def rss_child(which: str, model: Path, steps: int, size: int) -> None:
     print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_vram_mib": vram, "seconds": seconds,
                       "digest": hashlib.sha256(pixels.tobytes()).hexdigest()[:16]}))
+
+
+def gemm_rate(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of an n x n matrix multiply on `device` (median of `repeats`)."""
+    import torch
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        _sync()
+        t = time.perf_counter()
+        a @ b
+        _sync()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+
+
+def _sync() -> None:
+    import torch
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def unet_step_rate(s, g, repeats: int = 5) -> tuple[float, float]:
+    """(GFLOP in one CFG step of the UNet, seconds per step, median) for Loom's guided
+    denoiser at a mid timestep, as the Sampler calls it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    res = s.run(g, outputs=["cfg", "noise"], device=DEVICE)
+    if not res.ok:
+        raise SystemExit(f"Loom run failed: {res.errors}")
+    denoiser = res.outputs["cfg"]["denoiser"]
+    x = res.outputs["noise"]["noise"].samples.to(DEVICE)
+    t = torch.tensor(500.0)
+    with torch.no_grad():
+        denoiser(x, t)
+        with FlopCounterMode(display=False) as counter:
+            denoiser(x, t)
+        times = []
+        for _ in range(repeats):
+            _sync()
+            start = time.perf_counter()
+            denoiser(x, t)
+            _sync()
+            times.append(time.perf_counter() - start)
+    return counter.get_total_flops() / 1e9, statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,21 +307,39 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(100, 104):
             pipeline_image(pipe, a.steps, a.size, seed)
     rows.append(("4-seed sweep, diffusers pipeline", pipe_sweep, "for comparison"))
+    prompt_change: dict = {}
+    s.set(g, "prompt.text", PROMPT.replace("yellow", "red"))
+    with calls.measure(prompt_change):
+        loom_image(s, g)
+    s.set(g, "prompt.text", PROMPT)
+    rows.append(("change the prompt", prompt_change, "goal: 1 text-encoder call"))
     for name, r, goal in rows:
         print(f"   {name:<38} {r['text_encoder']:>3} / {r['unet']:>4} / "
               f"{r['seconds'] * 1000:8.1f} ms   ({goal})")
+    print(f"   against one pipeline image ({pm * 1000:.1f} ms): seed change "
+          f"{seed_change['seconds'] / pm:.2f}x, nothing changed {nothing['seconds'] / pm:.3f}x, "
+          f"4-seed sweep {sweep['seconds'] / pipe_sweep['seconds']:.2f}x the pipeline's, "
+          f"prompt change {prompt_change['seconds'] / pm:.2f}x")
 
     # 3. memory
     lr, pr = peak_rss("loom", a.model, a.steps, a.size), peak_rss("pipeline", a.model,
                                                                    a.steps, a.size)
     print("\n3. peak resident memory of one image in a fresh process")
     print(f"   Loom {lr:.0f} MiB | pipeline {pr:.0f} MiB | ratio {lr / pr:.2f}")
+    lf, pf = FIRST_IMAGE["loom"], FIRST_IMAGE["pipeline"]
+    print(f"   first image after start (load included): Loom {lf:.2f} s | pipeline {pf:.2f} s | "
+          f"ratio {lf / pf:.2f}")
     if DEVICE == "cuda":
         lv, pv = PEAK_VRAM["loom"], PEAK_VRAM["pipeline"]
         print(f"   peak VRAM (torch.cuda.max_memory_allocated): Loom {lv:.0f} MiB | pipeline "
               f"{pv:.0f} MiB | ratio {lv / pv:.2f}")
+    gflop, step_s = unet_step_rate(s, g)
+    rate = gemm_rate(DEVICE)
+    print(f"\n4. the UNet in Loom's sampling step: {gflop:.1f} GFLOP per CFG step, "
+          f"{step_s * 1000:.1f} ms -> {gflop / step_s:.1f} GFLOP/s; 2048x2048 fp32 GEMM "
+          f"{rate:.1f} GFLOP/s; share {gflop / step_s / rate:.0%} (goal >= 75 %)")
     if DEVICE in ("cuda", "mps"):
-        print("\n4. Loom's --vram modes, one image each in a fresh process (load included)")
+        print("\n5. Loom's --vram modes, one image each in a fresh process (load included)")
         base = None
         for mode in ("high", "auto", "low", "none"):
             got = child_run("loom", a.model, a.steps, a.size, vram=mode)
