@@ -303,6 +303,11 @@ class LossGuidedDenoiser(_PredictionGuidance):
 
 # ---- guidance by a noise-aware score (classifier, CLIP) --------------------------------------
 
+_NO_SIGNAL_ALPHA = 2.0 ** -20
+"""ᾱ at or below which a sample is taken to carry no signal: the last training timestep of a
+zero-terminal-SNR schedule (clamped to 2^-24) and of the cosine schedule (2.4e-9); the linear
+and scaled-linear schedules end at 4e-5 and 4.7e-3, above it."""
+
 
 class ScoreGuidedDenoiser(_PredictionGuidance):
     """Classifier guidance (Dhariwal & Nichol 2021) and GLIDE's CLIP guidance: the gradient of
@@ -322,6 +327,10 @@ class ScoreGuidedDenoiser(_PredictionGuidance):
         self.score = score
 
     def move(self, x: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
+        if alpha <= _NO_SIGNAL_ALPHA:
+            # pure noise (a zero-SNR or cosine schedule's last step): no score can read it,
+            # and the shift's (1−ᾱ)/√ᾱ would multiply any stray gradient by 4096 or more
+            return x0
         grad = self.score_gradient(x, alpha)
         return x0 + self.scale * (1 - alpha) / math.sqrt(alpha) * grad
 

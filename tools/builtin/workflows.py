@@ -153,6 +153,31 @@ def seed_sweep(seeds=(1, 2, 3, 4)) -> dict:
     return workflow(nodes, "Built-in model: one prompt, four seeds")
 
 
+CLIP_MODEL = "resources/models/loom-clip"
+CLIP_SCALE = 3.0
+"""The CLIP Guidance example's scale: nodes.guidance.DEFAULT_CLIP_SCALE says why."""
+
+
+def clip_guidance() -> dict:
+    """GLIDE's CLIP guidance on the built-in model: the conditional model alone (CFG scale 1,
+    as GLIDE guides it), pulled by the noise-aware CLIP (resources/models/loom-clip) towards
+    the prompt, which the CLIP reads as the Text Encoder's output."""
+    nodes = txt2img("a small green circle at the top right on a purple background",
+                    prefix="clip_guidance")
+    nodes["cfg"]["inputs"].update(scale=1.0, rescale=0.0, start=0.0, end=1.0)
+    nodes["clip"] = _n("loaders.noisy_model", {"path": CLIP_MODEL}, (680, 760))
+    nodes["guide"] = _n("guidance.clip", {"denoiser": link("cfg", "denoiser"),
+                                          "clip": link("clip", "model"),
+                                          "prompt": link("prompt", "conditioning"),
+                                          "scale": CLIP_SCALE, "start": 0.0, "end": 1.0},
+                        (1020, 400))
+    nodes["sampler"]["inputs"]["denoiser"] = link("guide", "denoiser")
+    for nid, x in (("sampler", 1260), ("decode", 1520), ("save", 1760)):
+        nodes[nid]["ui"]["pos"][0] = x
+    return workflow(nodes, "Built-in model: CLIP guidance (GLIDE), conditional model at CFG 1 "
+                           "pulled towards the prompt by a noise-aware CLIP")
+
+
 FILES = {
     "default.json": default,
     "builtin/negative_prompt.json": negative_prompt,
@@ -160,6 +185,7 @@ FILES = {
     "builtin/inpaint.json": inpaint,
     "builtin/upscale.json": upscale,
     "builtin/seed_sweep.json": seed_sweep,
+    "builtin/clip_guidance.json": clip_guidance,
 }
 
 
