@@ -245,6 +245,32 @@ and 80 with CFG 2; 1 drew 78, 3 drew 73, 5 fewer still (tools/builtin/evaluate_c
 --classifier-scales)."""
 
 
+def check_score_inputs(node, model_input: str, kind: str, what: str) -> None:
+    """The checks Classifier and CLIP Guidance share, with errors naming the input: a guided
+    denoiser, a noise-aware model of `kind` (`what`) that reads this model's samples, and an
+    interval that starts before it ends."""
+    if not getattr(node.denoiser, "guided", False):
+        raise NodeInputError("denoiser", "connect a guided denoiser (CFG Combine)")
+    noisy = getattr(node, model_input)
+    if noisy.kind != kind:
+        raise NodeInputError(model_input, f"is a {noisy.kind}, not {what}")
+    check_space(node.denoiser, noisy, model_input)
+    if node.start > node.end:
+        raise NodeInputError("start", f"the guidance interval starts ({node.start}) after it "
+                             f"ends ({node.end})")
+
+
+def _score_scale(default: float) -> Input:
+    return Input(FLOAT, default=default, min=0.0, max=1000.0, step=0.1,
+                 description="the gradient's weight (0 = no guidance: exactly the unguided "
+                             "image)")
+
+
+def _score_end() -> Input:
+    return Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
+                 description="guide up to this point (1 = the clean image)")
+
+
 @node("guidance.classifier", title="Classifier Guidance", category="guidance",
       version="1.0.0",
       outputs=[Output("denoiser", GUIDED_DENOISER, "the denoiser pulled towards the class, "
@@ -262,22 +288,14 @@ class ClassifierGuidanceNode:
     label = Input(STRING, default="0",
                   description="the class to steer towards: an index or one of the "
                               "classifier's names ('red circle')")
-    scale = Input(FLOAT, default=CLASSIFIER_SCALE, min=0.0, max=1000.0, step=0.1,
-                  description="the gradient's weight (0 = no guidance: exactly the unguided "
-                              "image)")
+    scale = _score_scale(CLASSIFIER_SCALE)
     start = _start()
-    end = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
-                description="guide up to this point (1 = the clean image)")
+    end = _score_end()
 
     def run(self, ctx: RunContext):
         from nodes.lib.guidance import ClassifierScore, ScoreGuidedDenoiser
 
-        if not getattr(self.denoiser, "guided", False):
-            raise NodeInputError("denoiser", "connect a guided denoiser (CFG Combine)")
-        if self.classifier.kind != "noisy_classifier":
-            raise NodeInputError("classifier", f"is a {self.classifier.kind}, not a "
-                                 "noise-aware classifier")
-        check_space(self.denoiser, self.classifier, "classifier")
+        check_score_inputs(self, "classifier", "noisy_classifier", "a noise-aware classifier")
         from nodes.lib.pixel import parse_class
 
         names = self.classifier.class_names
@@ -285,9 +303,6 @@ class ClassifierGuidanceNode:
             index = parse_class(self.label, len(names), names, "classifier")
         except ValueError as exc:
             raise NodeInputError("label", str(exc)) from None
-        if self.start > self.end:
-            raise NodeInputError("start", f"the guidance interval starts ({self.start}) "
-                                 f"after it ends ({self.end})")
         ctx.set_ui(label=index)
         return ScoreGuidedDenoiser(self.denoiser, ClassifierScore(self.classifier, index),
                                    self.scale, self.start, self.end)
@@ -315,23 +330,16 @@ class ClipGuidanceNode:
     prompt = Input(CONDITIONING, description="the prompt's encoding by the model's text "
                                              "encoder (the Text Encoder node's output): what "
                                              "the CLIP's text tower reads")
-    scale = Input(FLOAT, default=DEFAULT_CLIP_SCALE, min=0.0, max=1000.0, step=0.1,
-                  description="the gradient's weight (0 = no guidance: exactly the unguided "
-                              "image)")
+    scale = _score_scale(DEFAULT_CLIP_SCALE)
     start = _start()
-    end = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.05,
-                description="guide up to this point (1 = the clean image)")
+    end = _score_end()
 
     def run(self, ctx: RunContext):
         from nodes.lib.guidance import ScoreGuidedDenoiser
         from nodes.lib.noisy_clip import KIND, ClipScore, text_hidden_size
 
-        if not getattr(self.denoiser, "guided", False):
-            raise NodeInputError("denoiser", "connect a guided denoiser (CFG Combine)")
-        if self.clip.kind != KIND:
-            raise NodeInputError("clip", f"is a {self.clip.kind}, not a noise-aware CLIP "
-                                 "(train one with tools/builtin/train_clip.py)")
-        check_space(self.denoiser, self.clip, "clip")
+        check_score_inputs(self, "clip", KIND, "a noise-aware CLIP (train one with "
+                           "tools/builtin/train_clip.py)")
         embeds = getattr(self.prompt, "embeds", None)
         if embeds is None or embeds.ndim != 3:
             raise NodeInputError("prompt", "connect a text encoding (Text Encoder): this "
@@ -346,8 +354,5 @@ class ClipGuidanceNode:
         if embeds.shape[0] != 1:
             raise NodeInputError("prompt", f"expected the encoding of one prompt, got a batch "
                                  f"of {embeds.shape[0]}")
-        if self.start > self.end:
-            raise NodeInputError("start", f"the guidance interval starts ({self.start}) "
-                                 f"after it ends ({self.end})")
         score = ClipScore(self.clip, embeds.detach().float())
         return ScoreGuidedDenoiser(self.denoiser, score, self.scale, self.start, self.end)
