@@ -156,3 +156,49 @@ def test_colour_probe_pools_only_the_captions_own_tokens():
     assert out.shape == (2, 2, 10)
     assert torch.allclose(out[0, 0, :4], torch.ones(4))
     assert torch.allclose(out[1, 0, :4], torch.full((4,), 2.0))
+
+
+def test_latent_masks_mark_every_latent_pixel_a_shape_reaches():
+    """The masks of --shape-weight: per latent pixel (an 8x8 patch of the image), the largest
+    coverage inside it, so a one-pixel-wide arm marks its latent pixels fully."""
+    covers = np.zeros((2, 64, 64), np.float32)
+    covers[0, :, 10] = 1.0                 # a vertical line one pixel wide, in latent column 1
+    covers[1, 40, 50] = 0.25               # one anti-aliased pixel, latent row 5, column 6
+    m = train.latent_masks(covers, 8)
+    assert m.shape == (2, 8, 8) and m.dtype == np.float16
+    assert np.all(m[0, :, 1] == 1.0) and float(m[0].sum()) == 8.0
+    assert float(m[1, 5, 6]) == 0.25 and float(m[1].sum()) == 0.25
+
+
+def test_shape_weighted_loss_counts_the_shapes_latent_pixels_more():
+    err = torch.zeros(2, 4, 8, 8)
+    err[:, :, 0, 0] = 1.0                  # the error sits on one latent pixel
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, 0, 0, 0] = 1.0                # example 0: that pixel is the shape's
+    masks[1, 0, 7, 7] = 1.0                # example 1: the shape is elsewhere
+    plain = train.per_example_loss(err, None, 0.0)
+    assert torch.allclose(plain, torch.full((2,), 1 / 64))
+    assert torch.equal(train.per_example_loss(err, masks, 0.0), plain)
+    w = train.per_example_loss(err, masks, 4.0)
+    assert float(w[0]) == pytest.approx(5 / 68)        # 5 of the weights' 68
+    assert float(w[1]) == pytest.approx(1 / 68)        # less than plain: weight went elsewhere
+
+
+def test_shape_weight_trains_from_the_latents_masks_and_resumes_only_with_its_value(trained):
+    """--shape-weight changes what the colour stage learns; its resume point remembers the
+    value, and a run with another value refuses to continue it instead of mixing the two."""
+    from safetensors.torch import load_file
+    root, _ = trained
+    work = root / "work"
+    masks = np.load(work / "latents.npz")["shape_masks"]
+    assert masks.shape == (48, 8, 8) and np.all(masks.reshape(48, -1).max(1) > 0.5)
+    train.train_unet(work, 4, 8, 1234, phase="colour", save_every=2)
+    plain = load_file(str(work / "unet_colour.safetensors"))
+    train.train_unet(work, 4, 8, 1234, phase="colour", save_every=2, stop_after=2,
+                     shape_weight=4.0)
+    with pytest.raises(ValueError, match="--shape-weight 4"):
+        train.train_unet(work, 4, 8, 1234, phase="colour", save_every=2)
+    train.train_unet(work, 4, 8, 1234, phase="colour", save_every=2, shape_weight=4.0)
+    assert not (work / "resume_colour.pt").exists()
+    weighted = load_file(str(work / "unet_colour.safetensors"))
+    assert any(not torch.equal(plain[k], weighted[k]) for k in plain)
