@@ -17,8 +17,8 @@ from nodes._types import CONDITIONING, GUIDED_DENOISER, IMAGE, LOSS, NOISY_MODEL
 
 DEFAULT_SCALE = 1.0
 """The Colour / Loss Guidance default: with Loom's built-in model, #0000FF (mean mode, guided
-up to 0.8) at this scale raised the mean blue share of 64 images from 0.247 to 0.296 while the
-analyser read the prompt's shape in 53 of them against 52 unguided; 1.5 read 51, 4 read fewer
+up to 0.8) at this scale raised the mean blue share of 64 images from 0.246 to 0.282 while the
+analyser read the prompt's shape in 55 of them against 53 unguided; 1.5 read 49, 4 read fewer
 still (benchmarks/bench_colour_guidance.py measures it)."""
 DEFAULT_END = 0.8
 DEFAULT_CLIP_SCALE = 3.0
