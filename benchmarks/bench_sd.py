@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("high", "auto", "low", "none"):
             got = child_run("loom", a.model, a.steps, a.size, vram=mode)
             base = base or got["digest"]
+            same = "same as high" if got["digest"] == base else "DIFFERS from high"
             print(f"   {mode:<5} peak VRAM {got['peak_vram_mib']:7.0f} MiB, "
-                  f"{got['seconds']:6.1f} s, image {'same as high' if got['digest'] == base else 'DIFFERS from high'}")
+                  f"{got['seconds']:6.1f} s, image {same}")
     return 0
 
 

@@ -315,6 +315,30 @@ def write_workflow(path: Path, nodes: dict[str, Any]) -> Path:
     return path
 
 
+def run_nodes(sess, tmp_path: Path, nodes: dict[str, Any],
+              outputs: tuple[str, ...] = ("decode", "sampler")):
+    """Write `nodes` (a copy) as a workflow in tmp_path, run it to `outputs` on the CPU through
+    the session, assert it succeeded (the errors with tracebacks if not), return the result."""
+    import copy
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
+    result = sess.run(graph, outputs=list(outputs), output_dir=tmp_path / "out", device="cpu")
+    assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
+    return result
+
+
+def node_errors(sess, tmp_path: Path, nodes: dict[str, Any]) -> dict:
+    """Run `nodes` (a copy) to `decode`, assert it failed, return the errors by node id."""
+    import copy
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
+    result = sess.run(graph, outputs=["decode"], output_dir=tmp_path / "out", device="cpu")
+    assert not result.ok
+    return result.errors
+
+
 # ---- comparing Loom's images with diffusers' ------------------------------------------------
 
 TOL = 1e-4

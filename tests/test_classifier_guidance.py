@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 
 from nodes.lib.schedules import SCHEDULER_NAMES  # noqa: E402
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.sampling_fixtures import link, write_workflow  # noqa: E402
+from tests.sampling_fixtures import link, node_errors, run_nodes, write_workflow  # noqa: E402
 from tests.test_pixel_models import SIZE, build_pixel, pixel_nodes  # noqa: E402
 
 one_torch_thread = fx.one_torch_thread
@@ -30,20 +30,7 @@ NAMES = ["red circle", "blue square", "green triangle"]
 LABEL = 1  # "blue square"
 
 
-def _run(sess, tmp_path, nodes, outputs=("decode", "sampler")):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
-    result = sess.run(graph, outputs=list(outputs), output_dir=tmp_path / "out", device="cpu")
-    assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
-    return result
-
-
-def _errors(sess, tmp_path, nodes):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
-    result = sess.run(graph, outputs=["decode"], output_dir=tmp_path / "out", device="cpu")
-    assert not result.ok
-    return result.errors
+_run, _errors = run_nodes, node_errors
 
 
 def tiny_classifier(seed: int = 0):

@@ -24,7 +24,7 @@ pytest.importorskip("diffusers")
 
 from nodes.lib.schedules import SCHEDULER_NAMES  # noqa: E402
 from tests import sampling_fixtures as fx  # noqa: E402
-from tests.sampling_fixtures import link, write_workflow  # noqa: E402
+from tests.sampling_fixtures import link, node_errors, run_nodes  # noqa: E402
 
 one_torch_thread = fx.one_torch_thread
 sess = fx.sess
@@ -33,20 +33,7 @@ SIZE = 32  # image pixels: tiny_vae is 8x down, so 4x4 latents
 TEXT_WIDTH = 32  # fx.tiny_text_encoder's hidden size
 
 
-def _run(sess, tmp_path, nodes, outputs=("decode", "sampler")):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
-    result = sess.run(graph, outputs=list(outputs), output_dir=tmp_path / "out", device="cpu")
-    assert result.ok, {k: (e.message, e.traceback) for k, e in result.errors.items()}
-    return result
-
-
-def _errors(sess, tmp_path, nodes):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    graph = sess.load(write_workflow(tmp_path / "workflow.json", copy.deepcopy(nodes)))
-    result = sess.run(graph, outputs=["decode"], output_dir=tmp_path / "out", device="cpu")
-    assert not result.ok
-    return result.errors
+_run, _errors = run_nodes, node_errors
 
 
 def tiny_clip(text_width: int = TEXT_WIDTH, seed: int = 0):

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.paths import file_identity
-from nodes.lib import rng
+from nodes.lib import rng, vram
 from nodes.lib.bundles import Conditioning, ModelBundle
 from nodes.lib.denoise import ImageConditioning
 from nodes.lib.model_files import CheckpointError
 from nodes.lib.model_files import read_json_object as _read_json
 from nodes.lib.model_manager import ModelHandle, ModelManager, manager, resolve
-from nodes.lib.vram import module_device, stage
+from nodes.lib.vram import module_device
 
 T5_MAX_LENGTH = 77
 """IFPipeline.encode_prompt pads and truncates every prompt to 77 T5 tokens."""
@@ -190,7 +190,7 @@ def load_if(path: Path, dtype: str = "auto", device: str = "auto",
         unet = UNet2DConditionModel.from_pretrained(
             str(path), subfolder="unet", torch_dtype=dt, use_safetensors=True,
             local_files_only=True, variant=_weights_variant(folder, "diffusion_pytorch_model"))
-        return stage(unet, dev)
+        return vram.stage(unet, dev)
 
     def build_t5():
         from transformers import T5EncoderModel
@@ -200,7 +200,7 @@ def load_if(path: Path, dtype: str = "auto", device: str = "auto",
         encoder = T5EncoderModel.from_pretrained(
             str(folder), dtype=dt, use_safetensors=True, local_files_only=True,
             variant=_weights_variant(folder, "model"))
-        return tokenizer, stage(encoder, dev)
+        return tokenizer, vram.stage(encoder, dev)
 
     has_t5 = (path / "text_encoder" / "config.json").is_file() and bool(
         index.get("text_encoder")) and index.get("text_encoder") != [None, None]
