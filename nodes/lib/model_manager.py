@@ -154,7 +154,7 @@ class ModelManager:
                 continue  # the running node holds it
             self._move_out(other)
             used -= other.vram_bytes
-        if used + entry.vram_bytes > limit and not low:
+        if used + entry.vram_bytes > limit:  # too big even alone: block by block
             for module in entry.staged:
                 vram.block_offload(module, device)
             entry.staged, entry.vram_bytes = [], 0
