@@ -7,7 +7,6 @@ scheduler's `scale_model_input`. The arithmetic and batching follow diffusers' p
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -15,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from nodes.lib.bundles import Conditioning, ModelBundle
+from nodes.lib.cpu_conv import conv_backend
 
 
 @dataclass(eq=False)
@@ -55,24 +55,6 @@ def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     if n % t.shape[0]:
         raise ValueError(f"cannot repeat a batch of {t.shape[0]} to {n}")
     return t.repeat(n // t.shape[0], *([1] * (t.ndim - 1)))
-
-
-# Latents at most this many pixels (8×8: a 64×64 image) run their convolutions on PyTorch's
-# native CPU path instead of oneDNN: at that size a convolution is per-call overhead (oneDNN
-# re-lays out the weights on every call), and the built-in model's UNet call measured 17-23 %
-# faster; at 16×16 and 32×32 the two were even. benchmarks/bench_sd.py times it. The flag is
-# process-wide: the engine runs one node at a time, so nothing else convolves meanwhile.
-SMALL_CPU_LATENT_PIXELS = 64
-
-
-def _conv_backend(x: torch.Tensor):
-    """The context to run the UNet on x in: oneDNN off for small CPU latents (PyTorch's own
-    flag context, which restores the previous settings; None leaves its other flags alone),
-    unchanged otherwise."""
-    if x.device.type != "cpu" or x.shape[-2] * x.shape[-1] > SMALL_CPU_LATENT_PIXELS:
-        return contextlib.nullcontext()
-    return torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None,
-                                       fp32_precision=None)
 
 
 class UNetDenoiser:
@@ -148,7 +130,7 @@ class UNetDenoiser:
                 f"(latents {x.shape[1]}"
                 + (f" + image conditioning {model_in.shape[1] - x.shape[1]}" if image_cond else "")
                 + "); an inpainting model needs Inpaint Conditioning connected to the sampler")
-        with _conv_backend(model_in):
+        with conv_backend(model_in):
             if self.controls:
                 from nodes.lib.controlnet import residual_kwargs
 
@@ -191,7 +173,7 @@ class UNetDenoiser:
             raise ValueError(f"the UNet takes {self.in_channels} input channels but got "
                              f"{model_in.shape[1]}; make the noise with Pixel Noise connected "
                              "to the model (an upsampler also needs its image conditioning)")
-        with _conv_backend(model_in):
+        with conv_backend(model_in):
             out = unet(model_in, t, return_dict=False, **kwargs)[0]
         return out.to(x.dtype)
 
