@@ -21,7 +21,7 @@ every node runs, as the pipeline does; loaded weights are kept by both):
   the largest pixel difference of the images (0..1) for the full run and for the re-run (the
   latter against the pipeline at the new seed): they should agree (the tests hold 1e-4). At
   `tiny` Kandinsky's latents are 8x8, where Loom convolves without oneDNN (faster; see
-  nodes.lib.denoise.SMALL_CPU_LATENT_PIXELS): rounding differences that a random model grows
+  nodes.lib.cpu_conv.SMALL_LATENT_PIXELS): rounding differences that a random model grows
   over the steps (5e-5 at 3 steps, 7e-4 at 10; 0 with that path off or at `small`).
 """
 from __future__ import annotations

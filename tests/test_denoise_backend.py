@@ -31,6 +31,17 @@ def test_small_cpu_latents_use_the_native_convolution_and_the_flag_comes_back():
     assert torch.backends.mkldnn.enabled is before
 
 
+def test_half_precision_keeps_onednn():
+    """bf16 / fp16 convolutions are oneDNN's (AMX) strength; the native kernel is many times
+    slower there, so neither the small-latent switch nor the routing applies."""
+    before = torch.backends.mkldnn.enabled
+    assert _seen_inside(torch.zeros(2, 4, 8, 8, dtype=torch.bfloat16)) is before
+    wide = torch.nn.Conv2d(1280, 1280, 3, padding=1).to(torch.bfloat16)
+    x = torch.randn(2, 1280, 4, 4, dtype=torch.bfloat16)
+    with torch.no_grad(), conv_backend(torch.zeros(2, 4, 32, 32, dtype=torch.bfloat16)):
+        assert "aten::_slow_conv2d_forward" not in _kernels(lambda: wide(x))
+
+
 @pytest.mark.parametrize(("shape", "weight", "stride", "padding", "native"), [
     ((2, 1280, 4, 4), (1280, 1280, 3, 3), 1, 1, True),      # SD's lowest level at 256 px
     ((2, 2560, 8, 8), (1280, 2560, 3, 3), 1, 1, True),

@@ -199,7 +199,7 @@ def images(tmp_path_factory):
     mask[8:40, 24:56] = 255
     Image.fromarray(mask, "L").save(d / "mask.png")
     # 128 px (16x16 latents, which convolve on the same CPU path as diffusers: see
-    # nodes.lib.denoise.SMALL_CPU_LATENT_PIXELS) for the inpainting case, whose random 9-channel
+    # nodes.lib.cpu_conv.SMALL_LATENT_PIXELS) for the inpainting case, whose random 9-channel
     # UNet amplifies rounding differences the most
     arr = (rs.rand(128, 128, 3) * 255).astype(np.uint8)
     arr[32:96, 40:100] = (40, 40, 220)

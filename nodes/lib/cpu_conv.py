@@ -5,7 +5,7 @@ PyTorch sends a float CPU convolution to oneDNN, which lays the weights out agai
 while the useful work is weights × output pixels: for the wide convolutions of a UNet's lowest
 levels (SD's 1280 → 1280 and 2560 → 1280 3×3 at 4×4-16×16 latents) the re-layout dominates and
 PyTorch's own im2col + GEMM path is 1.5-3.5× faster. Measured per convolution on a 2-core
-Xeon (benchmarks/bench_sd.py reports the whole effect; scratch timings in the issue notes):
+Xeon (benchmarks/bench_sd.py reports the effect on whole images):
 
 - latents of at most 8×8 pixels (the built-in model's 64×64 images): the native path for every
   convolution, 17-23 % faster per UNet call;
@@ -13,12 +13,17 @@ Xeon (benchmarks/bench_sd.py reports the whole effect; scratch timings in the is
   e.g. 2560 → 1280 at 4×4, batch 2: 14.8 ms against 56 ms; at 32×32 or at batch 8 and 8×8 the
   two are even or oneDNN wins, and below 12 M weights oneDNN mostly wins or ties.
 
-Both paths compute the same convolution; they differ by float rounding (about 1e-6 relative), so
+One SD 1.5 UNet call at batch 2 (a CFG step), routed / all oneDNN: 0.66× at 16×16 latents
+(128 px images), 0.72× at 32×32 (256 px), 0.95× at 64×64 (512 px).
+
+Only float32 is routed: in bf16 and fp16 oneDNN is the fast path (AMX / AVX512-BF16), and the
+native kernel is many times slower. Both paths compute the same convolution; they differ by float rounding (about 1e-6 relative), so
 images agree with diffusers' pipelines within a level. The choice is a fixed rule of the shapes,
 not a timing, so one seed gives the same image in every run.
 
-The switch is PyTorch's process-wide oneDNN flag, set around the one convolution and restored
-after; the engine runs one node at a time, so nothing else convolves meanwhile.
+The routing is a torch function mode (per thread); the switch inside it is PyTorch's
+process-wide oneDNN flag, set around the one convolution and restored after; the engine runs one
+node at a time, so nothing else convolves meanwhile.
 """
 
 from __future__ import annotations
@@ -34,10 +39,9 @@ SMALL_LATENT_PIXELS = 64
 """Latents of at most this many pixels (8×8) run every convolution on the native path."""
 
 HEAVY_WEIGHTS = 12_000_000
-"""Convolutions with at least this many weights (out · in · kh · kw) ..."""
-
 HEAVY_MAX_OUTPUT_PIXELS = 512
-"""... and at most this many output pixels over the batch (N · H · W) run natively."""
+"""On larger latents, a convolution with at least HEAVY_WEIGHTS weights (out · in · kh · kw)
+and at most HEAVY_MAX_OUTPUT_PIXELS output pixels over the batch (N · H · W) runs natively."""
 
 _CONVS = (F.conv2d, torch.conv2d)
 
@@ -72,8 +76,8 @@ class _Routing(TorchFunctionMode):
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             rest = dict(zip(("stride", "padding", "dilation"), args[3:6]))
             rest.update({k: kwargs[k] for k in ("stride", "padding", "dilation") if k in kwargs})
-            if x.device.type == "cpu" and x.is_floating_point() and prefers_native(x, weight,
-                                                                                   **rest):
+            if x.device.type == "cpu" and x.dtype == torch.float32 \
+                    and prefers_native(x, weight, **rest):
                 torch._C._set_mkldnn_enabled(False)
                 try:
                     return func(*args, **kwargs)
@@ -86,7 +90,7 @@ def conv_backend(x: torch.Tensor):
     """The context to run a UNet (and its ControlNets) on latents x in: nothing changes off the
     CPU; small CPU latents turn oneDNN off for the whole call (PyTorch's own flag context, which
     restores the previous settings); larger ones route each convolution by its shape."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.dtype != torch.float32:
         return contextlib.nullcontext()
     if x.shape[-2] * x.shape[-1] <= SMALL_LATENT_PIXELS:
         return torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None,
