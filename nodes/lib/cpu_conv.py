@@ -17,8 +17,8 @@ One SD 1.5 UNet call at batch 2 (a CFG step), routed / all oneDNN: 0.66× at 16�
 (128 px images), 0.72× at 32×32 (256 px), 0.95× at 64×64 (512 px).
 
 Only float32 is routed: in bf16 and fp16 oneDNN is the fast path (AMX / AVX512-BF16), and the
-native kernel is many times slower. Both paths compute the same convolution; they differ by float rounding (about 1e-6 relative), so
-images agree with diffusers' pipelines within a level. The choice is a fixed rule of the shapes,
+native kernel is many times slower. Both paths compute the same convolution; they differ by float
+rounding (about 1e-6 relative), so images agree with diffusers' pipelines within a level. The choice is a fixed rule of the shapes,
 not a timing, so one seed gives the same image in every run.
 
 The routing is a torch function mode (per thread); the switch inside it is PyTorch's
