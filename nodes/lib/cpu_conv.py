@@ -18,8 +18,8 @@ One SD 1.5 UNet call at batch 2 (a CFG step), routed / all oneDNN: 0.66Ã— at 16Ã
 
 Only float32 is routed: in bf16 and fp16 oneDNN is the fast path (AMX / AVX512-BF16), and the
 native kernel is many times slower. Both paths compute the same convolution; they differ by float
-rounding (about 1e-6 relative), so images agree with diffusers' pipelines within a level. The choice is a fixed rule of the shapes,
-not a timing, so one seed gives the same image in every run.
+rounding (about 1e-6 relative), so images agree with diffusers' pipelines within a level. The
+choice is a fixed rule of the shapes, not a timing, so one seed gives the same image in every run.
 
 The routing is a torch function mode (per thread); the switch inside it is PyTorch's
 process-wide oneDNN flag, set around the one convolution and restored after; the engine runs one
