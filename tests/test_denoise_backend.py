@@ -72,6 +72,8 @@ def test_larger_latents_route_only_wide_few_pixel_convolutions_to_the_native_ker
             assert torch.backends.mkldnn.enabled is before     # restored after the one call
             assert _kernels(lambda: narrow(x_narrow)) == {"aten::mkldnn_convolution"}
             got_wide = torch.nn.functional.conv2d(x_wide, wide.weight, wide.bias, padding=1)
+            assert _kernels(lambda: torch.nn.functional.conv2d(
+                input=x_wide, weight=wide.weight, padding=1)) == {"aten::_slow_conv2d_forward"}
             got_narrow = narrow(x_narrow)
     assert torch.backends.mkldnn.enabled is before
     assert torch.allclose(got_wide, ref_wide, atol=1e-4, rtol=1e-5)

@@ -73,10 +73,12 @@ class _Routing(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _CONVS and torch._C._get_mkldnn_enabled():
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            rest = dict(zip(("stride", "padding", "dilation"), args[3:6]))
-            rest.update({k: kwargs[k] for k in ("stride", "padding", "dilation") if k in kwargs})
-            if x.device.type == "cpu" and x.dtype == torch.float32 \
+            named = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation"), args))
+            named.update(kwargs)
+            x, weight = named.get("input"), named.get("weight")
+            rest = {k: named[k] for k in ("stride", "padding", "dilation") if k in named}
+            if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) \
+                    and x.device.type == "cpu" and x.dtype == torch.float32 \
                     and prefers_native(x, weight, **rest):
                 torch._C._set_mkldnn_enabled(False)
                 try:
