@@ -173,15 +173,11 @@ def train_vae(work: Path, steps: int, batch: int, seed: int) -> None:
         err = recon - x
         loss = (weight * err.abs()).mean() / weight.mean() + 0.5 * (err ** 2).mean() \
             + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, vae.parameters())
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
             log(f"[vae] step {step + 1}/{steps} loss {avg:.4f} "
-                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
+                f"{eta(t0, step + 1, steps - step - 1)}")
         if step % 1000 == 999:
             save_tensors(vae, work / "vae.safetensors")
     save_tensors(vae, work / "vae.safetensors")
@@ -230,15 +226,11 @@ def train_decoder(work: Path, steps: int, batch: int, seed: int) -> None:
             g["lr"] = lr_at(step, steps, 4e-4, 100, 1e-5)
         err = vae.decode(z).sample - x
         loss = (weight * err.abs()).mean() / weight.mean() + 0.5 * (err ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
-        opt.step()
+        optimise(opt, loss, train_params)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
             log(f"[decoder] step {step + 1}/{steps} loss {avg:.4f} "
-                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
+                f"{eta(t0, step + 1, steps - step - 1)}")
         if step % 1000 == 999 or step == steps - 1:
             save_tensors(vae, work / "vae_tuned.safetensors")
 
@@ -373,6 +365,25 @@ def save_resume(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    """One optimiser step on `loss`: gradients cleared, back-propagated, clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def eta(t0: float, done: int, left: int) -> str:
+    """"(time so far, ~time left)" for a progress line, from the pace of `done` steps."""
+    el = time.time() - t0
+    return f"({el / 60:.1f} min, ~{el / done * left / 60:.1f} min left)"
+
+
+def resume_due(step: int, steps: int, every: int) -> bool:
+    """Whether to write the resume point after `step` (never after the last one)."""
+    return (step + 1) % every == 0 and step < steps - 1
+
+
 def train_unet(work: Path, steps: int, batch: int, seed: int, snr_gamma: float = 5.0,
                phase: str = "eps", save_every: int = 250, stop_after: int | None = None,
                probe_weight: float | None = None, shape_weight: float = 0.0) -> None:
@@ -473,16 +484,12 @@ def train_unet(work: Path, steps: int, batch: int, seed: int, snr_gamma: float =
             logits = probe(cond, ids, TEXT_CONFIG["eos_token_id"])
             loss = loss + colour_weight * F.cross_entropy(
                 logits.reshape(-1, len(COLOUR_NAMES)), want.reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         avg = loss.item() if avg is None else 0.99 * avg + 0.01 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
             log(f"[unet {phase}] step {step + 1}/{steps} loss {avg:.4f} "
-                f"({el / 60:.1f} min, ~{el / (step + 1) * (steps - step - 1) / 60:.1f} min left)")
-        if (step + 1) % save_every == 0 and step < steps - 1:
+                f"{eta(t0, step + 1, steps - step - 1)}")
+        if resume_due(step, steps, save_every):
             save_resume(resume, {
                 "unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                 "probe": probe.state_dict() if probe is not None else {},

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tools.builtin import shapes
-from tools.builtin.train import log, lr_at, save_resume, seed_all
+from tools.builtin.train import eta, log, lr_at, optimise, resume_due, save_resume, seed_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32
@@ -138,17 +138,12 @@ def train(work: Path, steps: int, batch: int, examples: int, seed: int, lr: floa
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, 200, 1e-5)
         loss = F.mse_loss(unet(xt, t, class_labels=y).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, unet.parameters())
         avg = loss.item() if avg is None else 0.99 * avg + 0.01 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
-            done = step + 1 - first
-            log(f"[classes] step {step + 1}/{steps} loss {avg:.4f} ({el / 60:.1f} min, "
-                f"~{el / done * (steps - step - 1) / 60:.1f} min left)")
-        if (step + 1) % save_every == 0 and step < steps - 1:
+            log(f"[classes] step {step + 1}/{steps} loss {avg:.4f} "
+                f"{eta(t0, step + 1 - first, steps - step - 1)}")
+        if resume_due(step, steps, save_every):
             save_resume(resume, {"unet": unet.state_dict(), "opt": opt.state_dict(),
                                  "gen": gen.get_state(), "step": step + 1, "avg": avg})
             if stop_after is not None and step + 1 >= stop_after:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tools.builtin.train import log, lr_at, save_resume, seed_all
+from tools.builtin.train import eta, log, lr_at, optimise, resume_due, save_resume, seed_all
 from tools.builtin.train_classes import CLASS_NAMES, SIZE, make_dataset, to_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,17 +111,12 @@ def train(work: Path, model: Path, steps: int, batch: int, examples: int, seed: 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min(100, max(1, steps // 10)), lr * 0.02)
         loss = F.cross_entropy(net(xt, log_sigma), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, net.parameters())
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
-            done = step + 1 - first
-            log(f"[classifier] step {step + 1}/{steps} loss {avg:.4f} ({el / 60:.1f} min, "
-                f"~{el / done * (steps - step - 1) / 60:.1f} min left)")
-        if (step + 1) % save_every == 0 and step < steps - 1:
+            log(f"[classifier] step {step + 1}/{steps} loss {avg:.4f} "
+                f"{eta(t0, step + 1 - first, steps - step - 1)}")
+        if resume_due(step, steps, save_every):
             save_resume(resume, {"net": net.state_dict(), "opt": opt.state_dict(),
                                  "gen": gen.get_state(), "step": step + 1, "avg": avg})
             if stop_after is not None and step + 1 >= stop_after:

@@ -45,7 +45,16 @@ import numpy as np
 import torch
 
 from tools.builtin import shapes
-from tools.builtin.train import log, lr_at, save_resume, to_tensor, tokenize
+from tools.builtin.train import (
+    eta,
+    log,
+    lr_at,
+    optimise,
+    resume_due,
+    save_resume,
+    to_tensor,
+    tokenize,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "resources" / "models" / "loom-shapes"
@@ -257,18 +266,12 @@ def train(work: Path, model: Path, steps: int, batch: int, seed: int, lr: float,
             g["lr"] = lr_at(step, steps, lr, min(200, steps // 10 + 1), lr * 0.02)
         loss = multi_positive_loss(clip.logits(xt, log_sigma, hidden),
                                    fit_matrix(caps, codes[idx.numpy()]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, clip.parameters())
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
-            done = step + 1 - first
             log(f"[clip] step {step + 1}/{steps} loss {avg:.3f} scale "
-                f"{clip.scale().item():.1f} ({el / 60:.1f} min, "
-                f"~{el / done * (steps - step - 1) / 60:.1f} min left)")
-        if (step + 1) % save_every == 0 and step < steps - 1:
+                f"{clip.scale().item():.1f} {eta(t0, step + 1 - first, steps - step - 1)}")
+        if resume_due(step, steps, save_every):
             save_resume(resume, {"clip": clip.state_dict(), "opt": opt.state_dict(),
                                  "step": step + 1, "avg": avg})
             if stop_after is not None and step + 1 >= stop_after:
