@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from nodes.lib import step_memo
 from nodes.lib.bundles import Conditioning, ModelBundle
 from nodes.lib.cpu_conv import conv_backend
 
@@ -111,7 +112,9 @@ class UNetDenoiser:
             raise ValueError("this model is conditioned on text; connect a prompt (Text "
                              "Encode), not a class label")
 
-        embeds = torch.cat([_repeat_rows(c.embeds, b) for c in conds]).to(device, dtype)
+        embeds = step_memo.context(
+            [c.embeds for c in conds], (b, device, dtype),
+            lambda: torch.cat([_repeat_rows(c.embeds, b) for c in conds]).to(device, dtype))
         model_in = x.to(dtype)
         if image_cond is not None and image_cond.concat is not None:
             extra = _repeat_rows(image_cond.concat.to(device, dtype), n_rows)
@@ -130,7 +133,7 @@ class UNetDenoiser:
                 f"(latents {x.shape[1]}"
                 + (f" + image conditioning {model_in.shape[1] - x.shape[1]}" if image_cond else "")
                 + "); an inpainting model needs Inpaint Conditioning connected to the sampler")
-        with conv_backend(model_in):
+        with conv_backend(model_in), step_memo.projecting(embeds):
             if self.controls:
                 from nodes.lib.controlnet import residual_kwargs
 

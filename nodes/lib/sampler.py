@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nodes.lib import rng
+from nodes.lib import rng, step_memo
 from nodes.lib.denoise import ImageConditioning, Step, split_variance
 from nodes.lib.previews import latent_to_rgb
 from nodes.lib.schedules import SchedulerSpec, plan
@@ -165,24 +165,25 @@ def sample(denoiser: Any, spec: SchedulerSpec, noise: rng.Noise | None,
     kwargs = _step_kwargs(sched, gen, spec.eta)
     n = len(timesteps)
     next_timestep = _next_timesteps(sched, timesteps)
-    for i, t in enumerate(timesteps):
-        hooks.check_cancelled()
-        x_in = sched.scale_model_input(latents, t)
-        pred = denoiser(x_in, t, image_cond, step=Step(i, n))
-        if not use_variance:
-            pred = split_variance(pred, latents.shape[1])[0]
-        previous = latents
-        if next_timestep is not None:
-            kwargs["prev_timestep"] = next_timestep[i]
-        latents = sched.step(pred, t, latents, **kwargs, return_dict=False)[0]
-        if keep_clean:
-            latents = (1 - m) * previous + m * latents
-        elif blend:
-            known = init
-            if i < n - 1:
-                known = sched.add_noise(init, noise, torch.tensor([timesteps[i + 1]]))
-            latents = (1 - m) * known + m * latents
-        hooks.progress(i + 1, n, latent_to_rgb(latents, family) if hooks.preview else None)
+    with step_memo.sampling_scope():  # the text context's projections, once per loop
+        for i, t in enumerate(timesteps):
+            hooks.check_cancelled()
+            x_in = sched.scale_model_input(latents, t)
+            pred = denoiser(x_in, t, image_cond, step=Step(i, n))
+            if not use_variance:
+                pred = split_variance(pred, latents.shape[1])[0]
+            previous = latents
+            if next_timestep is not None:
+                kwargs["prev_timestep"] = next_timestep[i]
+            latents = sched.step(pred, t, latents, **kwargs, return_dict=False)[0]
+            if keep_clean:
+                latents = (1 - m) * previous + m * latents
+            elif blend:
+                known = init
+                if i < n - 1:
+                    known = sched.add_noise(init, noise, torch.tensor([timesteps[i + 1]]))
+                latents = (1 - m) * known + m * latents
+            hooks.progress(i + 1, n, latent_to_rgb(latents, family) if hooks.preview else None)
     if return_stream:
         draws = start_stream.draws + (n if "generator" in kwargs else 0)
         return latents, rng.RandomStream(start_stream.seed, draws, gen.get_state())

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from nodes.lib.bundles import VaeBundle
+from nodes.lib.cpu_conv import decoder_backend
 
 
 def _stats(vb: VaeBundle, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -64,7 +65,8 @@ def decode(vb: VaeBundle, latent: torch.Tensor) -> torch.Tensor:
     """LATENT -> IMAGE: float [B, 3, H, W] in 0..1 on the CPU."""
     with _Upcast(vb) as dtype:
         z = from_latent(vb, latent.to(_device(vb), torch.float32)).to(dtype)
-        image = vb.vae.decode(z, return_dict=False)[0]
+        with decoder_backend(z):
+            image = vb.vae.decode(z, return_dict=False)[0]
     return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
