@@ -13,17 +13,7 @@ import torch
 from nodes.lib import step_memo
 from nodes.lib.bundles import Conditioning, ModelBundle
 from nodes.lib.denoise import UNetDenoiser
-
-
-def _unet():
-    from diffusers import UNet2DConditionModel
-    torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4,
-                                block_out_channels=(32, 64), layers_per_block=1,
-                                cross_attention_dim=32, attention_head_dim=8,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                norm_num_groups=8).eval()
+from tests import sampling_fixtures as fx
 
 
 def _context_projections(unet) -> int:
@@ -34,7 +24,7 @@ def _context_projections(unet) -> int:
 
 @pytest.fixture
 def setup():
-    unet = _unet()
+    unet = fx.tiny_unet().eval()
     model = ModelBundle(unet_ref=unet, family="sd1", prediction_type="epsilon",
                         scheduler_config={}, dtype=torch.float32, device="cpu", source="test")
     torch.manual_seed(1)
