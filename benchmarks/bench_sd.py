@@ -7,10 +7,10 @@ diffusers folder works with --model (use --size 512 for real checkpoints). CPU, 
 
 Prints, measured in this one run:
   1. time of one image: the Loom graph (result cache cleared before each run, so every node
-     runs, as the pipeline does) vs StableDiffusionPipeline, alternating, medians; the ratio
-     (goal ≤ 0.8 at SD size, issue 17), and the largest pixel difference of the two images
-     (they should agree): first each system in a process of its own (as people run one), then
-     both in this one process (which holds both models: both run slower, Loom more);
+     runs, as the pipeline does) vs StableDiffusionPipeline, alternating, medians (and each
+     system's fastest image); the ratio (goal ≤ 0.8 at SD size, issue 17), and the largest
+     pixel difference of the two images (they should agree): first each system in a process
+     of its own (as people run one), then both in this one process (which holds both models);
      then the default workflow as shipped, one image (goal ≤ 0.5 s on a 2-core CPU);
   2. text-encoder and UNet calls, and time, for: a re-run after changing only the seed (goal:
      0 text-encoder calls), a re-run with nothing changed (goal: 0 model calls, under 20 ms),
