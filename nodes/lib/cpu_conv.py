@@ -73,12 +73,23 @@ def prefers_native(x: torch.Tensor, weight: torch.Tensor, stride: Any = 1, paddi
     return weight.numel() >= HEAVY_WEIGHTS and x.shape[0] * h * w <= HEAVY_MAX_OUTPUT_PIXELS
 
 
+def named_args(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A torch function's arguments by name, whether given by position or keyword (for the
+    function modes that look at them)."""
+    named = dict(zip(names, args))
+    named.update(kwargs)
+    return named
+
+
+_INTERPOLATE_ARGS = ("input", "size", "scale_factor", "mode", "align_corners",
+                     "recompute_scale_factor", "antialias")
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
 def _is_nearest_x2(args: tuple, kwargs: dict) -> bool:
     """Whether an F.interpolate call is a plain nearest-neighbour doubling of a 4-D tensor (the
     upsampler of diffusers' UNets and VAE decoders)."""
-    named = dict(zip(("input", "size", "scale_factor", "mode", "align_corners",
-                      "recompute_scale_factor", "antialias"), args))
-    named.update(kwargs)
+    named = named_args(_INTERPOLATE_ARGS, args, kwargs)
     x = named.get("input")
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or named.get("mode", "nearest") != "nearest":
         return False
@@ -172,9 +183,7 @@ class _Routing(TorchFunctionMode):
                 self._upsampled = (weakref.ref(out), out._version, source, source._version)
             return out
         if func in _CONVS and torch._C._get_mkldnn_enabled():
-            named = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation",
-                              "groups"), args))
-            named.update(kwargs)
+            named = named_args(_CONV_ARGS, args, kwargs)
             x, weight = named.get("input"), named.get("weight")
             if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) \
                     and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -199,8 +208,7 @@ class _Routing(TorchFunctionMode):
         if ref() is not x or x._version != version or source._version != source_version:
             return None
         self._upsampled = None
-        if torch.is_grad_enabled() or source.dtype != weight.dtype \
-                or not _plain_3x3(weight, named) \
+        if torch.is_grad_enabled() or not _plain_3x3(weight, named) \
                 or source.shape[0] * source.shape[-2] * source.shape[-1] < SUBPIXEL_MIN_PIXELS \
                 or weight.numel() >= HEAVY_WEIGHTS:
             return None

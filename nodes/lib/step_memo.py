@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from nodes.lib.cpu_conv import named_args
+
 MAX_BYTES = 256 * 1024 * 1024
 """The most a loop's memo keeps (contexts and projections together)."""
 
@@ -134,8 +136,7 @@ class _Projections(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear and not torch.is_grad_enabled():
-            named = dict(zip(("input", "weight", "bias"), args))
-            named.update(kwargs)
+            named = named_args(("input", "weight", "bias"), args, kwargs)
             x, weight = named.get("input"), named.get("weight")
             if x is self.context and isinstance(weight, torch.Tensor):
                 return self.memo.linear(x, weight, named.get("bias"),
